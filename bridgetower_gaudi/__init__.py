@@ -1,0 +1,31 @@
+"""bridgetower_gaudi: pre-train, fine-tune and serve BridgeTower on Gaudi (HPU), CUDA and CPU."""
+
+from .modeling import (
+    BRIDGE_VARIANTS,
+    PRESETS,
+    BridgeTowerConfig,
+    BridgeTowerForContrastiveLearning,
+    BridgeTowerForImageAndTextRetrieval,
+    BridgeTowerForMaskedLM,
+    BridgeTowerForPreTraining,
+    BridgeTowerModel,
+    BridgeTowerPreTrainedModel,
+    BridgeTowerProcessor,
+    preset_config,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BRIDGE_VARIANTS",
+    "PRESETS",
+    "BridgeTowerConfig",
+    "BridgeTowerForContrastiveLearning",
+    "BridgeTowerForImageAndTextRetrieval",
+    "BridgeTowerForMaskedLM",
+    "BridgeTowerForPreTraining",
+    "BridgeTowerModel",
+    "BridgeTowerPreTrainedModel",
+    "BridgeTowerProcessor",
+    "preset_config",
+]

@@ -1,0 +1,173 @@
+"""BridgeTower configuration: transformers' `BridgeTowerConfig` plus the paper's design space.
+
+A config written by `transformers.BridgeTowerConfig` loads here unchanged, and ours loads in transformers
+(extra fields are kept as plain attributes there). What transformers infers implicitly (vision heads = hidden // 64,
+cross-modal layers shaped like the text tower) we store explicitly, resolved at construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import BridgeTowerConfig as HFBridgeTowerConfig
+from transformers import BridgeTowerTextConfig as HFBridgeTowerTextConfig
+from transformers import BridgeTowerVisionConfig as HFBridgeTowerVisionConfig
+from transformers import PretrainedConfig
+
+# Bridge ("link tower") variants. Letters are the rows of the paper's Design I table; x is the previous
+# cross-modal layer's output, y the uni-modal representation brought in by the bridge.
+BRIDGE_VARIANTS = {
+    "add": "(a) LayerNorm(x + y): the paper's and the released checkpoints' choice",
+    "multiply": "(b) LayerNorm(x * y)",
+    "weighted_add": "(c) LayerNorm(a * x + (1 - a) * y), a a learned vector",
+    "gated": "(d) LayerNorm(a * x + (1 - a) * y), a = sigmoid(W[x; y])",
+    "linear": "(e) LayerNorm(W[x; y])",
+    "mlp": "(f) LayerNorm(W2 GELU(W1[x; y]))",
+    "cross_attention": "(g) MCA(x, y): x attends to y (residual + LayerNorm inside)",
+    "cross_attention_ffn": "(h) FFN(MCA(x, y))",
+    "add_linear": "(i) LayerNorm(x + y + W[x; y])",
+    "scaled_add": "transformers: LayerNorm(s * y + x), s a learned scalar",
+    "interpolate": "transformers: LayerNorm((1 - b) * y + b * x), b a learned scalar",
+}
+TEXT_BACKBONES = ("roberta", "bert")
+
+
+class BridgeTowerTextConfig(HFBridgeTowerTextConfig):
+    """The text tower (RoBERTa or BERT layout; which one is `BridgeTowerConfig.text_backbone`)."""
+
+
+class BridgeTowerVisionConfig(HFBridgeTowerVisionConfig):
+    """The CLIP-ViT vision tower. Adds what transformers hard-codes: heads, FFN size and activation."""
+
+    def __init__(
+        self,
+        num_attention_heads: int | None = None,
+        intermediate_size: int | None = None,
+        hidden_act: str = "quick_gelu",
+        attention_dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # transformers' BridgeTower builds nn.MultiheadAttention(hidden, hidden // 64) and a 4x MLP.
+        self.num_attention_heads = num_attention_heads or max(1, self.hidden_size // 64)
+        self.intermediate_size = intermediate_size or 4 * self.hidden_size
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"vision hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}: pick a head count that divides it."
+            )
+        self.hidden_act = hidden_act
+        self.attention_dropout = attention_dropout
+
+
+def _as_dict(sub_config: Any) -> dict:
+    if sub_config is None:
+        return {}
+    if isinstance(sub_config, PretrainedConfig):
+        return sub_config.to_dict()
+    return dict(sub_config)
+
+
+class BridgeTowerConfig(HFBridgeTowerConfig):
+    r"""
+    Configuration of a BridgeTower: a vision tower, a text tower and a cross-modal encoder of `num_hidden_layers`
+    (L_Z) layers fed by bridges.
+
+    Our fields, beyond transformers' (`share_cross_modal_transformer_layers`, `share_link_tower_layers`,
+    `link_tower_type`, `hidden_size`, `num_hidden_layers`, `layer_norm_eps`, `text_config`, `vision_config`, ...):
+
+    Args:
+        link_tower_type: the bridge variant, a key of `BRIDGE_VARIANTS` (default "add", as the paper).
+        num_bridges: how many cross-modal layers receive a bridge, 0..L_Z-1 (default L_Z-1, the full BridgeTower;
+            0 is the METER two-tower model). See `BridgeTowerModel` for the layer mapping.
+        text_backbone: "roberta" (default, as transformers) or "bert": which transformers encoder the text tower is.
+        cross_modal_num_attention_heads / cross_modal_intermediate_size: the cross-modal layers' shape. Default: the
+            text tower's, which is what transformers uses (it ignores the top-level `num_attention_heads`).
+        contrastive_hidden_size / logit_scale_init_value: the ITC heads (transformers reads them from the hub
+            config; we give them the released checkpoints' values as defaults).
+        num_image_token_types: size of the modality-type embedding (2: text and image).
+        checkpoint_layout: set by `save_pretrained`: "transformers" when the weights are in transformers'
+            layout, "bridgetower_gaudi" when the configuration cannot be represented there.
+    """
+
+    sub_configs = {"text_config": BridgeTowerTextConfig, "vision_config": BridgeTowerVisionConfig}
+
+    def __init__(
+        self,
+        text_config: dict | PretrainedConfig | None = None,
+        vision_config: dict | PretrainedConfig | None = None,
+        link_tower_type: str = "add",
+        num_bridges: int | None = None,
+        text_backbone: str = "roberta",
+        cross_modal_num_attention_heads: int | None = None,
+        cross_modal_intermediate_size: int | None = None,
+        cross_modal_hidden_dropout_prob: float | None = None,
+        cross_modal_attention_probs_dropout_prob: float | None = None,
+        contrastive_hidden_size: int = 512,
+        logit_scale_init_value: float = 2.6592,
+        checkpoint_layout: str = "transformers",
+        **kwargs,
+    ):
+        super().__init__(text_config=_as_dict(text_config), vision_config=_as_dict(vision_config), **kwargs)
+        self.text_config = BridgeTowerTextConfig(**_as_dict(text_config))
+        self.vision_config = BridgeTowerVisionConfig(**_as_dict(vision_config))
+        text = self.text_config
+
+        if link_tower_type not in BRIDGE_VARIANTS:
+            raise ValueError(
+                f"link_tower_type={link_tower_type!r} is not a bridge variant; choose one of {sorted(BRIDGE_VARIANTS)}."
+            )
+        if text_backbone not in TEXT_BACKBONES:
+            raise ValueError(f"text_backbone={text_backbone!r} is not supported; choose one of {TEXT_BACKBONES}.")
+        self.link_tower_type = link_tower_type
+        self.text_backbone = text_backbone
+        self.cross_modal_num_attention_heads = cross_modal_num_attention_heads or text.num_attention_heads
+        self.cross_modal_intermediate_size = cross_modal_intermediate_size or text.intermediate_size
+        self.cross_modal_hidden_dropout_prob = (
+            text.hidden_dropout_prob if cross_modal_hidden_dropout_prob is None else cross_modal_hidden_dropout_prob
+        )
+        self.cross_modal_attention_probs_dropout_prob = (
+            text.attention_probs_dropout_prob
+            if cross_modal_attention_probs_dropout_prob is None
+            else cross_modal_attention_probs_dropout_prob
+        )
+        self.contrastive_hidden_size = contrastive_hidden_size
+        self.logit_scale_init_value = logit_scale_init_value
+        self.checkpoint_layout = checkpoint_layout
+
+        if self.hidden_size % self.cross_modal_num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by cross_modal_num_attention_heads "
+                f"{self.cross_modal_num_attention_heads}."
+            )
+        max_bridges = self.num_hidden_layers - 1
+        self.num_bridges = max_bridges if num_bridges is None else num_bridges
+        if not 0 <= self.num_bridges <= max_bridges:
+            raise ValueError(
+                f"num_bridges={num_bridges} is out of range: with num_hidden_layers={self.num_hidden_layers} "
+                f"cross-modal layers it must lie in [0, {max_bridges}] (0 = METER, {max_bridges} = BridgeTower)."
+            )
+        unimodal_layers = min(text.num_hidden_layers, self.num_vision_layers)
+        if self.num_bridges + 1 > unimodal_layers:
+            raise ValueError(
+                f"{self.num_bridges} bridges need at least {self.num_bridges + 1} layers in each uni-modal tower, "
+                f"the towers have {text.num_hidden_layers} (text) and {self.num_vision_layers} (vision): "
+                "lower num_bridges or num_hidden_layers."
+            )
+
+    @property
+    def num_vision_layers(self) -> int:
+        """Vision layers actually built (`remove_last_layer` drops CLIP's last one)."""
+        return self.vision_config.num_hidden_layers - int(self.vision_config.remove_last_layer)
+
+    @property
+    def num_link_towers(self) -> int:
+        """Link-tower modules per modality (one shared, or one per bridge)."""
+        if self.num_bridges == 0:
+            return 0
+        return 1 if self.share_link_tower_layers else self.num_bridges
+
+    @property
+    def num_cross_modal_transforms(self) -> int:
+        """Uni-modal -> cross-modal input projections per modality: one shared, or one per fed layer."""
+        return 1 if self.share_cross_modal_transformer_layers else self.num_bridges + 1

@@ -1,0 +1,627 @@
+"""BridgeTower: a CLIP-ViT vision tower and a RoBERTa / BERT text tower (transformers' own encoders) whose top layers
+feed, through bridge layers, every layer of a cross-modal encoder (ours, on SDPA).
+
+Public classes mirror transformers' BridgeTower classes (same forward arguments, outputs and checkpoint layout) and
+add `BridgeTowerForPreTraining` (MLM + ITM). Model code holds no device or parallelism logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel, CLIPVisionConfig, PreTrainedModel, RobertaConfig, RobertaModel
+from transformers.activations import ACT2FN
+from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask
+from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceClassifierOutput
+from transformers.models.clip.modeling_clip import CLIPVisionTransformer
+
+from . import checkpoint_conversion
+from .bridges import BridgeLayer
+from .configuration import BridgeTowerConfig
+from .layers import CrossModalLayer, attention_bias
+
+
+@dataclass
+class BridgeTowerModelOutput(ModelOutput):
+    """As transformers': `hidden_states` = (text tower states, vision tower states, cross-modal (text, image) pairs)."""
+
+    text_features: torch.FloatTensor | None = None
+    image_features: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@dataclass
+class BridgeTowerContrastiveOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    cross_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@dataclass
+class BridgeTowerForPreTrainingOutput(ModelOutput):
+    """`loss` = `mlm_loss` + `itm_loss` (each present when its labels were given)."""
+
+    loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class TowerOutput:
+    """A uni-modal tower's per-layer hidden states (index 0 = embeddings, k = layer k) and its token mask."""
+
+    hidden_states: tuple[torch.Tensor, ...]
+    mask: torch.Tensor | None
+
+    def index_select(self, index: torch.Tensor, num_top_layers: int) -> TowerOutput:
+        """Rows `index` of the top `num_top_layers` states: another batch's images without re-running the tower."""
+        states = tuple(h.index_select(0, index) for h in self.hidden_states[-num_top_layers:])
+        mask = None if self.mask is None else self.mask.index_select(0, index)
+        return TowerOutput(states, mask)
+
+
+def patch_mask_from_pixel_mask(pixel_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, H, W) pixel mask -> (B, 1 + patches) token mask: a patch is kept if any of its pixels is real; CLS always."""
+    patches = F.max_pool2d(pixel_mask[:, None].float(), kernel_size=patch_size, stride=patch_size).flatten(1)
+    cls = torch.ones_like(patches[:, :1])
+    return torch.cat([cls, patches], dim=1).to(pixel_mask.dtype)
+
+
+def _text_tower_config(config: BridgeTowerConfig, attn_implementation: str):
+    tower_cls = RobertaConfig if config.text_backbone == "roberta" else BertConfig
+    fields = {k: v for k, v in config.text_config.to_dict().items() if k not in ("model_type", "architectures")}
+    tower = tower_cls(**fields)
+    tower._attn_implementation = attn_implementation
+    return tower
+
+
+def _vision_tower_config(config: BridgeTowerConfig, attn_implementation: str) -> CLIPVisionConfig:
+    v = config.vision_config
+    tower = CLIPVisionConfig(
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_hidden_layers=config.num_vision_layers,
+        num_attention_heads=v.num_attention_heads,
+        num_channels=v.num_channels,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        hidden_act=v.hidden_act,
+        layer_norm_eps=v.layer_norm_eps,
+        attention_dropout=v.attention_dropout,
+    )
+    tower._attn_implementation = attn_implementation
+    return tower
+
+
+# from_pretrained arguments meant for the model loader, not the config.
+_LOADER_KWARGS = ("torch_dtype", "attn_implementation", "device_map", "low_cpu_mem_usage", "output_loading_info")
+
+
+class BridgeTowerPreTrainedModel(PreTrainedModel):
+    config_class = BridgeTowerConfig
+    base_model_prefix = "bridgetower"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["CrossModalLayer", "CLIPEncoderLayer", "RobertaLayer", "BertLayer"]
+
+    def _init_weights(self, module: nn.Module):
+        std = 0.02 * self.config.initializer_factor
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, BridgeTowerMLMHead):
+            module.bias.data.zero_()
+        elif isinstance(module, BridgeTowerForContrastiveLearning):
+            module.logit_scale.data.fill_(self.config.logit_scale_init_value)
+        elif type(module).__name__ == "CLIPVisionEmbeddings":
+            module.class_embedding.data.normal_(mean=0.0, std=std)
+
+    # Checkpoints: read and written in transformers' BridgeTower layout (see checkpoint_conversion).
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if kwargs.get("state_dict") is not None or pretrained_model_name_or_path is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        state_dict = checkpoint_conversion.load_transformers_layout_state_dict(pretrained_model_name_or_path, **kwargs)
+        if state_dict is None:  # our own layout: transformers' loader reads it as is
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # transformers refuses a path together with a state dict: load the config here, pass both.
+        config = kwargs.pop("config", None)
+        if config is None:
+            loader_kwargs = {k: kwargs.pop(k) for k in _LOADER_KWARGS if k in kwargs}
+            config, kwargs = cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
+            )
+            kwargs.update(loader_kwargs)
+        return super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, export_to_transformers: bool = False, **kwargs):
+        """Write transformers' layout when the configuration allows it, else ours (and say why).
+
+        `export_to_transformers=True` turns "cannot be represented in transformers" into an error instead.
+        """
+        reasons = checkpoint_conversion.transformers_incompatibilities(self.config)
+        if reasons and export_to_transformers:
+            raise ValueError(
+                "this model cannot be exported to transformers' BridgeTower: "
+                + "; ".join(reasons)
+                + ". Save without export_to_transformers to keep it in bridgetower_gaudi's layout."
+            )
+        if kwargs.get("state_dict") is None and not reasons:
+            kwargs["state_dict"] = checkpoint_conversion.to_transformers_layout(self.state_dict(), self.config)
+        layout = "bridgetower_gaudi" if reasons else "transformers"
+        previous, self.config.checkpoint_layout = self.config.checkpoint_layout, layout
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.checkpoint_layout = previous
+
+    @classmethod
+    def from_backbones(cls, vision_model_name_or_path, text_model_name_or_path, **config_kwargs):
+        """A BridgeTower whose towers start from a CLIP checkpoint and a RoBERTa / BERT checkpoint (the paper's
+        pre-training start); the cross-modal part is freshly initialised. See `modeling.backbones`."""
+        from .backbones import build_from_backbones
+
+        return build_from_backbones(cls, vision_model_name_or_path, text_model_name_or_path, **config_kwargs)
+
+
+class BridgeTowerPooler(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+def _one_or_many(make, count: int, shared: bool):
+    return make() if shared else nn.ModuleList([make() for _ in range(count)])
+
+
+class BridgeTowerModel(BridgeTowerPreTrainedModel):
+    r"""The BridgeTower encoder.
+
+    Layer mapping. With N_T text layers, N_V vision layers, L = `num_hidden_layers` cross-modal layers and
+    B = `num_bridges` (0 <= B <= L - 1), layers counted from 1 and cross-modal layers from 0:
+
+    - cross-modal layer 0 takes text layer N_T - B and vision layer N_V - B (each projected by the cross-modal
+      transform, plus the modality-type embedding, then LayerNorm);
+    - for j = 1..B, the bridge j merges text layer N_T - B + j (vision layer N_V - B + j) into the output of
+      cross-modal layer j - 1, and the result is cross-modal layer j's input;
+    - cross-modal layers B + 1 .. L - 1 take the previous layer's output unchanged.
+
+    B = L - 1 is BridgeTower (base: 12 - 6 + 1 = layer 7 feeds cross layer 0, layers 8..12 feed bridges 1..5:
+    transformers' `split_index`). B = 0 is the METER two-tower model: only the last uni-modal layers are fused. The
+    paper's Design III table counts "internal" layers B + 1 (6, 4, 3, 2) and "external" layers L - B - 1. Vision
+    features pass through CLIP's final LayerNorm (`ln_post`, shared) or one per layer (`share_layernorm=False`).
+
+    Differences from transformers (none for its default inputs): `token_type_ids` reach the text embeddings;
+    `pixel_mask` masks padded patches in the vision tower and in the cross-modal attention; vision heads come from
+    the config; shared link towers, per-layer cross-modal transforms and `share_layernorm=False` work.
+    """
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        attn = config._attn_implementation or "sdpa"
+        if attn not in ("sdpa", "eager"):
+            attn = "sdpa"
+        hidden = config.hidden_size
+        text_hidden, vision_hidden = config.text_config.hidden_size, config.vision_config.hidden_size
+
+        self.vision_model = CLIPVisionTransformer(_vision_tower_config(config, attn))
+        tower_cls = RobertaModel if config.text_backbone == "roberta" else BertModel
+        self.text_model = tower_cls(_text_tower_config(config, attn), add_pooling_layer=True)
+        # Kept only so checkpoints round-trip with transformers; BridgeTower never uses the text pooler. Frozen so
+        # that DDP does not need find_unused_parameters.
+        self.text_model.pooler.requires_grad_(False)
+        if not config.vision_config.share_layernorm:
+            self.vision_ln_separate = nn.ModuleList(
+                [
+                    nn.LayerNorm(vision_hidden, eps=config.vision_config.layer_norm_eps)
+                    for _ in range(config.num_vision_layers)
+                ]
+            )
+            first_fed = config.num_vision_layers - config.num_bridges  # 1-based; lower ones are never used
+            for layer_norm in self.vision_ln_separate[: first_fed - 1]:
+                layer_norm.requires_grad_(False)
+            if config.init_layernorm_from_vision_encoder:
+                for layer_norm in self.vision_ln_separate:
+                    layer_norm.load_state_dict(self.vision_model.post_layernorm.state_dict())
+
+        shared = config.share_cross_modal_transformer_layers
+        count = config.num_cross_modal_transforms
+        self.cross_modal_text_transform = _one_or_many(lambda: nn.Linear(text_hidden, hidden), count, shared)
+        self.cross_modal_image_transform = _one_or_many(lambda: nn.Linear(vision_hidden, hidden), count, shared)
+        self.token_type_embeddings = nn.Embedding(2, hidden)
+        self.cross_modal_text_layernorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.cross_modal_image_layernorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.cross_modal_text_layers = nn.ModuleList([CrossModalLayer(config) for _ in range(config.num_hidden_layers)])
+        self.cross_modal_image_layers = nn.ModuleList(
+            [CrossModalLayer(config) for _ in range(config.num_hidden_layers)]
+        )
+        link_shared, links = config.share_link_tower_layers, config.num_bridges
+        self.cross_modal_text_link_tower = _one_or_many(lambda: BridgeLayer(config), links, link_shared and links > 0)
+        self.cross_modal_image_link_tower = _one_or_many(lambda: BridgeLayer(config), links, link_shared and links > 0)
+        self.cross_modal_text_pooler = BridgeTowerPooler(hidden)
+        self.cross_modal_image_pooler = BridgeTowerPooler(hidden)
+        self.post_init()
+        # post_init re-initialised everything; keep the unused text pooler frozen.
+        self.text_model.pooler.requires_grad_(False)
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.text_model.set_input_embeddings(value)
+
+    # --- uni-modal towers -------------------------------------------------------------------------------------
+    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None) -> TowerOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        return TowerOutput(out.hidden_states, attention_mask)
+
+    def encode_image(self, pixel_values, pixel_mask=None, interpolate_pos_encoding=False) -> TowerOutput:
+        tower = self.vision_model
+        hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden = tower.pre_layrnorm(hidden)
+        token_mask = None
+        encoder_mask = None
+        if pixel_mask is not None:
+            token_mask = patch_mask_from_pixel_mask(pixel_mask, self.config.vision_config.patch_size)
+            encoder_mask = _prepare_4d_attention_mask(token_mask, hidden.dtype)
+        out = tower.encoder(inputs_embeds=hidden, attention_mask=encoder_mask, output_hidden_states=True)
+        return TowerOutput(out.hidden_states, token_mask)
+
+    def _vision_layernorm(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        if self.config.vision_config.share_layernorm:
+            return self.vision_model.post_layernorm(hidden)
+        return self.vision_ln_separate[layer - 1](hidden)
+
+    def _transform(self, transforms, index: int):
+        return transforms if isinstance(transforms, nn.Linear) else transforms[index]
+
+    def _link(self, towers, index: int):
+        return towers if isinstance(towers, BridgeLayer) else towers[index]
+
+    def fed_state(self, tower: TowerOutput, fed_index: int) -> torch.Tensor:
+        """The tower state feeding cross layer `fed_index` (0 = the first; see the layer mapping above)."""
+        return tower.hidden_states[len(tower.hidden_states) - (self.config.num_bridges + 1) + fed_index]
+
+    def project_image(self, hidden: torch.Tensor, fed_index: int, image_token_type_idx: int = 1) -> torch.Tensor:
+        """A fed vision state in the cross-modal space: LayerNorm, transform, modality-type embedding."""
+        layer = self.config.num_vision_layers - self.config.num_bridges + fed_index
+        hidden = self._vision_layernorm(hidden, layer)
+        transform = self._transform(self.cross_modal_image_transform, fed_index)
+        return transform(hidden) + self.token_type_embeddings.weight[image_token_type_idx]
+
+    def project_text(self, hidden: torch.Tensor, fed_index: int) -> torch.Tensor:
+        transform = self._transform(self.cross_modal_text_transform, fed_index)
+        return transform(hidden) + self.token_type_embeddings.weight[0]
+
+    # --- cross-modal encoder ----------------------------------------------------------------------------------
+    def fuse(
+        self,
+        text: TowerOutput,
+        image: TowerOutput,
+        image_token_type_idx: int = 1,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BridgeTowerModelOutput:
+        text_mask, image_mask = attention_bias(text.mask), attention_bias(image.mask)
+        x_text = self.cross_modal_text_layernorm(self.project_text(self.fed_state(text, 0), 0))
+        x_image = self.cross_modal_image_layernorm(
+            self.project_image(self.fed_state(image, 0), 0, image_token_type_idx)
+        )
+        cross_states, attentions = (), ()
+        for index in range(self.config.num_hidden_layers):
+            if 1 <= index <= self.config.num_bridges:
+                bridge = index - 1
+                x_text = self._link(self.cross_modal_text_link_tower, bridge)(
+                    self.project_text(self.fed_state(text, index), index), x_text, text_mask
+                )
+                x_image = self._link(self.cross_modal_image_link_tower, bridge)(
+                    self.project_image(self.fed_state(image, index), index, image_token_type_idx), x_image, image_mask
+                )
+            new_text, text_attn = self.cross_modal_text_layers[index](
+                x_text, x_image, text_mask, image_mask, output_attentions
+            )
+            new_image, image_attn = self.cross_modal_image_layers[index](
+                x_image, x_text, image_mask, text_mask, output_attentions
+            )
+            x_text, x_image = new_text, new_image
+            if output_hidden_states:
+                cross_states += ((x_text, x_image),)
+            if output_attentions:
+                attentions += ((text_attn, image_attn),)
+        pooled = torch.cat([self.cross_modal_text_pooler(x_text), self.cross_modal_image_pooler(x_image)], dim=-1)
+        return BridgeTowerModelOutput(
+            text_features=x_text,
+            image_features=x_image,
+            pooler_output=pooled,
+            hidden_states=(text.hidden_states, image.hidden_states, cross_states) if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_token_type_idx: int | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ):
+        _reject_unsupported(head_mask=head_mask, inputs_embeds=inputs_embeds, image_embeds=image_embeds)
+        if input_ids is None or pixel_values is None:
+            raise ValueError("BridgeTowerModel needs both input_ids and pixel_values (use BridgeTowerProcessor).")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        text = self.encode_text(input_ids, attention_mask, token_type_ids)
+        image = self.encode_image(pixel_values, pixel_mask, interpolate_pos_encoding)
+        outputs = self.fuse(text, image, image_token_type_idx or 1, output_attentions, output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return outputs if return_dict else outputs.to_tuple()
+
+
+def _reject_unsupported(**kwargs):
+    given = [name for name, value in kwargs.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} is not supported by bridgetower_gaudi's BridgeTower; pass input_ids and pixel_values."
+        )
+
+
+# --- heads ----------------------------------------------------------------------------------------------------
+class BridgeTowerPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class BridgeTowerMLMHead(nn.Module):
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__()
+        self.transform = BridgeTowerPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.text_config.vocab_size))
+
+    def forward(self, hidden_states):
+        return self.decoder(self.transform(hidden_states)) + self.bias
+
+
+class BridgeTowerITMHead(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, 2)
+
+    def forward(self, pooled):
+        return self.fc(pooled)
+
+
+class BridgeTowerContrastiveHead(nn.Module):
+    def __init__(self, hidden_size: int, embed_size: int):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, embed_size)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device))
+
+
+class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
+    _tied_weights_keys = ["mlm_score.decoder.weight"]
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self.mlm_score = BridgeTowerMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.mlm_score.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.mlm_score.decoder = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
+                head_mask=None, inputs_embeds=None, image_embeds=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, labels=None):  # fmt: skip
+        outputs = self.bridgetower(
+            input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, head_mask, inputs_embeds,
+            image_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )  # fmt: skip
+        logits = self.mlm_score(outputs.text_features)
+        loss = _mlm_loss(logits, labels) if labels is not None else None
+        result = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+
+class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
+    """Image-text matching (ITM): `logits[:, 1]` scores "this text describes this image"."""
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
+                head_mask=None, inputs_embeds=None, image_embeds=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, labels=None):  # fmt: skip
+        outputs = self.bridgetower(
+            input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, head_mask, inputs_embeds,
+            image_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )  # fmt: skip
+        logits = self.itm_score(outputs.pooler_output)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+        result = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+
+class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
+    """Image-text contrastive learning (ITC) between the text tower's [CLS], the vision tower's [CLS] (projected
+    into the cross-modal space) and the cross-modal pooled output, as transformers' class. Hidden states are
+    returned only when asked for."""
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        embed = config.contrastive_hidden_size
+        self.itc_text_head = BridgeTowerContrastiveHead(config.text_config.hidden_size, embed)
+        self.itc_image_head = BridgeTowerContrastiveHead(config.hidden_size, embed)
+        self.itc_cross_modal_head = BridgeTowerContrastiveHead(config.hidden_size * 2, embed)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def text_embeddings(self, text: TowerOutput) -> torch.Tensor:
+        return F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
+
+    def image_embeddings(self, image: TowerOutput) -> torch.Tensor:
+        last_cls = image.hidden_states[-1][:, :1]  # only [CLS] is needed: skip projecting the patches
+        projected = self.bridgetower.project_image(last_cls, self.config.num_bridges)
+        return F.normalize(self.itc_image_head(projected[:, 0]), dim=-1)
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Normalised ITC text embeddings from the text tower alone (for retrieval indexes)."""
+        return self.text_embeddings(self.bridgetower.encode_text(input_ids, attention_mask, token_type_ids))
+
+    def get_image_features(self, pixel_values, pixel_mask=None) -> torch.Tensor:
+        """Normalised ITC image embeddings from the vision tower alone."""
+        return self.image_embeddings(self.bridgetower.encode_image(pixel_values, pixel_mask))
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
+                head_mask=None, inputs_embeds=None, image_embeds=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, return_loss=None):  # fmt: skip
+        _reject_unsupported(head_mask=head_mask, inputs_embeds=inputs_embeds, image_embeds=image_embeds)
+        bridgetower = self.bridgetower
+        text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
+        image = bridgetower.encode_image(pixel_values, pixel_mask)
+        outputs = bridgetower.fuse(text, image, 1, bool(output_attentions), bool(output_hidden_states))
+        text_embeds = self.text_embeddings(text)
+        image_embeds = self.image_embeddings(image)
+        cross_embeds = F.normalize(self.itc_cross_modal_head(outputs.pooler_output), dim=-1)
+        logits = torch.stack([text_embeds, image_embeds, cross_embeds], dim=-2)
+        loss = None
+        if return_loss:
+            scale = self.logit_scale.exp()
+            labels = torch.arange(len(logits), device=logits.device)
+            pairs = [(text_embeds, image_embeds), (text_embeds, cross_embeds), (image_embeds, cross_embeds)]
+            loss = sum(F.cross_entropy((a @ b.t()).float() * scale, labels) for a, b in pairs) / 3.0
+        result = BridgeTowerContrastiveOutput(
+            loss=loss, logits=logits, text_embeds=text_embeds, image_embeds=image_embeds, cross_embeds=cross_embeds,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )  # fmt: skip
+        return result if return_dict is not False else result.to_tuple()
+
+
+class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
+    """MLM + ITM in one forward (the paper's pre-training objectives, summed 1:1).
+
+    - MLM: `input_ids` are the masked captions paired with their own images, `labels` the original tokens at
+      masked positions (-100 elsewhere).
+    - ITM: the unmasked captions (recovered from `input_ids` and `labels`) paired with images: their own where
+      `itm_labels` is 1, another where it is 0. The other image is `itm_pixel_values` (a second vision-tower pass:
+      negatives drawn from the data set, as the official code) or row `itm_image_index[i]` of `pixel_values` (the
+      vision tower runs once; the MLM pass's image features are reused).
+    """
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self.mlm_score = BridgeTowerMLMHead(config)
+        self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.mlm_score.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        itm_labels: torch.LongTensor | None = None,
+        itm_image_index: torch.LongTensor | None = None,
+        itm_pixel_values: torch.FloatTensor | None = None,
+        itm_pixel_mask: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> BridgeTowerForPreTrainingOutput:
+        if itm_image_index is not None and itm_pixel_values is not None:
+            raise ValueError("pass either itm_image_index (in-batch negatives) or itm_pixel_values, not both.")
+        bridgetower = self.bridgetower
+        image = bridgetower.encode_image(pixel_values, pixel_mask)
+
+        mlm_loss = mlm_logits = None
+        if labels is not None:
+            masked_text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
+            mlm_logits = self.mlm_score(bridgetower.fuse(masked_text, image).text_features)
+            mlm_loss = _mlm_loss(mlm_logits, labels)
+
+        itm_loss = itm_logits = None
+        if itm_labels is not None:
+            clean_ids = input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
+            text = bridgetower.encode_text(clean_ids, attention_mask, token_type_ids)
+            if itm_pixel_values is not None:
+                itm_image = bridgetower.encode_image(itm_pixel_values, itm_pixel_mask)
+            elif itm_image_index is not None:
+                itm_image = image.index_select(itm_image_index, self.config.num_bridges + 1)
+            else:
+                itm_image = image
+            itm_logits = self.itm_score(bridgetower.fuse(text, itm_image).pooler_output)
+            itm_loss = F.cross_entropy(itm_logits.float(), itm_labels.to(itm_logits.device))
+
+        losses = [part for part in (mlm_loss, itm_loss) if part is not None]
+        loss = sum(losses) if losses else None
+        result = BridgeTowerForPreTrainingOutput(loss, mlm_loss, itm_loss, mlm_logits, itm_logits)
+        return result if return_dict is not False else result.to_tuple()

@@ -1,0 +1,40 @@
+"""Shared helpers: tiny configs and inputs. Everything is offline; checkpoints are written to tmp dirs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from bridgetower_gaudi import PRESETS, BridgeTowerConfig
+
+TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
+
+
+def tiny_config(**overrides) -> BridgeTowerConfig:
+    return BridgeTowerConfig(**{**PRESETS["tiny"], **TINY_ITC, **overrides})
+
+
+def tiny_hf_config(**overrides) -> transformers.BridgeTowerConfig:
+    return transformers.BridgeTowerConfig(**{**PRESETS["tiny"], **TINY_ITC, **overrides})
+
+
+def make_inputs(config, batch: int = 3, seq: int = 12, seed: int = 0, pad_from: int | None = 8) -> dict:
+    """Random captions (the last row padded from `pad_from`) and images at the config's size."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = config.text_config.vocab_size
+    input_ids = torch.randint(3, vocab, (batch, seq), generator=generator)
+    input_ids[:, 0] = config.text_config.bos_token_id
+    attention_mask = torch.ones_like(input_ids)
+    if pad_from is not None:
+        input_ids[-1, pad_from:] = config.text_config.pad_token_id
+        attention_mask[-1, pad_from:] = 0
+    size = config.vision_config.image_size
+    pixel_values = torch.randn(batch, 3, size, size, generator=generator)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

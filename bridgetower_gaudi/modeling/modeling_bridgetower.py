@@ -228,9 +228,6 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         self.vision_model = CLIPVisionTransformer(_vision_tower_config(config, attn))
         tower_cls = RobertaModel if config.text_backbone == "roberta" else BertModel
         self.text_model = tower_cls(_text_tower_config(config, attn), add_pooling_layer=True)
-        # Kept only so checkpoints round-trip with transformers; BridgeTower never uses the text pooler. Frozen so
-        # that DDP does not need find_unused_parameters.
-        self.text_model.pooler.requires_grad_(False)
         if not config.vision_config.share_layernorm:
             self.vision_ln_separate = nn.ModuleList(
                 [
@@ -238,12 +235,6 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
                     for _ in range(config.num_vision_layers)
                 ]
             )
-            first_fed = config.num_vision_layers - config.num_bridges  # 1-based; lower ones are never used
-            for layer_norm in self.vision_ln_separate[: first_fed - 1]:
-                layer_norm.requires_grad_(False)
-            if config.init_layernorm_from_vision_encoder:
-                for layer_norm in self.vision_ln_separate:
-                    layer_norm.load_state_dict(self.vision_model.post_layernorm.state_dict())
 
         shared = config.share_cross_modal_transformer_layers
         count = config.num_cross_modal_transforms
@@ -262,8 +253,24 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         self.cross_modal_text_pooler = BridgeTowerPooler(hidden)
         self.cross_modal_image_pooler = BridgeTowerPooler(hidden)
         self.post_init()
-        # post_init re-initialised everything; keep the unused text pooler frozen.
-        self.text_model.pooler.requires_grad_(False)
+        self._freeze_unused_parameters()
+
+    def post_init(self):
+        super().post_init()
+        config = self.config
+        if not config.vision_config.share_layernorm and config.init_layernorm_from_vision_encoder:
+            for layer_norm in self.vision_ln_separate:
+                layer_norm.load_state_dict(self.vision_model.post_layernorm.state_dict())
+
+    def _freeze_unused_parameters(self):
+        """Weights kept only so checkpoints round-trip with transformers; freezing them keeps DDP free of
+        find_unused_parameters and optimizers free of dead state."""
+        self.text_model.pooler.requires_grad_(False)  # BridgeTower never uses the text tower's pooler
+        if not self.config.vision_config.share_layernorm:
+            self.vision_model.post_layernorm.requires_grad_(False)
+            first_fed = self.config.num_vision_layers - self.config.num_bridges  # 1-based; lower ones never used
+            for layer_norm in self.vision_ln_separate[: first_fed - 1]:
+                layer_norm.requires_grad_(False)
 
     def get_input_embeddings(self):
         return self.text_model.get_input_embeddings()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import transformers
 
 from bridgetower_gaudi import PRESETS, BridgeTowerConfig
+
+# Tokenizers are used in the main process, then in forked data-loader workers.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
 

@@ -1,0 +1,153 @@
+"""Data flags shared by every run script, and the one function that turns them into datasets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .dataset import ExampleBuilder, ImageTextDataset, StreamingImageTextDataset
+from .images import ImageTransform
+from .records import SkipLog
+from .sources import (
+    ArrowSource,
+    DataConfigError,
+    HFDatasetSource,
+    JsonLinesSource,
+    KarpathySource,
+    MapSource,
+    WebDatasetSource,
+)
+from .synthetic import SyntheticSource
+
+FORMATS = ("auto", "karpathy", "arrow", "webdataset", "jsonl", "csv", "synthetic")
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name or local path."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` configuration."})
+    train_file: list[str] | None = field(default=None, metadata={"help": "One or more training files (mixed)."})
+    validation_file: list[str] | None = field(default=None, metadata={"help": "One or more validation files."})
+    dataset_format: str = field(default="synthetic", metadata={"help": f"One of {FORMATS}; auto guesses per file."})
+    image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths start from."})
+    image_column: str = field(default="image", metadata={"help": "Column / field holding the image."})
+    caption_column: str = field(default="caption", metadata={"help": "Column / field holding the caption(s)."})
+    train_split: str = field(default="train", metadata={"help": "Split for training (Karpathy: restval counts)."})
+    validation_split: str = field(default="val", metadata={"help": "Split for evaluation."})
+    streaming: bool = field(default=False, metadata={"help": "Stream records instead of random access."})
+    max_seq_length: int = field(default=50, metadata={"help": "Every caption is padded / truncated to this."})
+    image_size: int | None = field(default=None, metadata={"help": "Image side; default: the model's."})
+    image_transform: str = field(default="pretrain", metadata={"help": "pretrain or finetune (augmentation)."})
+    horizontal_flip: bool = field(default=True, metadata={"help": "Flip in finetune mode (off for VQA)."})
+    itm_negatives: str = field(default="in_batch", metadata={"help": "in_batch, dataset (as the paper) or none."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for MLM."})
+    whole_word_masking: bool = field(default=False, metadata={"help": "Mask every piece of a chosen word."})
+    synthetic_train_size: int = field(default=4096, metadata={"help": "Synthetic pairs for training."})
+    synthetic_eval_size: int = field(default=512, metadata={"help": "Synthetic pairs for evaluation (held out)."})
+    skipped_records_file: str | None = field(default=None, metadata={"help": "Where skipped records are logged."})
+
+    def __post_init__(self):
+        if self.dataset_format not in FORMATS:
+            raise DataConfigError(f"--dataset_format {self.dataset_format!r}: choose one of {FORMATS}.")
+        if self.itm_negatives not in ("in_batch", "dataset", "none"):
+            raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose in_batch, dataset or none.")
+        if self.dataset_format != "synthetic" and not (self.dataset_name or self.train_file or self.validation_file):
+            raise DataConfigError(
+                f"--dataset_format {self.dataset_format} needs --train_file / --validation_file or --dataset_name."
+            )
+
+
+def guess_format(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(".arrow"):
+        return "arrow"
+    if lower.endswith((".tar", ".tar.gz", ".tgz")):
+        return "webdataset"
+    if lower.endswith(".jsonl"):
+        return "jsonl"
+    if lower.endswith(".csv"):
+        return "csv"
+    if lower.endswith(".json"):
+        with open(path) as f:
+            head = f.read(4096)
+        return "karpathy" if '"images"' in head else "jsonl"
+    raise DataConfigError(f"cannot tell the format of {path}: pass --dataset_format.")
+
+
+def build_sources(
+    args: DataArguments,
+    files: list[str] | None,
+    split: str,
+    skip_log: SkipLog,
+    synthetic_size: int,
+    synthetic_seed: int,
+    image_size: int,
+) -> list:
+    """The sources for one split. Several files are mixed; arrow files and tar shards form one source each."""
+    if args.dataset_format == "synthetic" and not files and not args.dataset_name:
+        return [SyntheticSource(synthetic_size, seed=synthetic_seed, image_size=max(64, image_size))]
+    sources = []
+    if args.dataset_name:
+        sources.append(
+            HFDatasetSource(
+                args.dataset_name,
+                args.dataset_config_name,
+                split,
+                args.image_column,
+                args.caption_column,
+                args.image_root,
+                skip_log,
+            )
+        )
+    grouped: dict[str, list[str]] = {}
+    for path in files or []:
+        if not os.path.exists(path):
+            raise DataConfigError(f"data file {path!r} does not exist: check --train_file / --validation_file.")
+        fmt = guess_format(path) if args.dataset_format == "auto" else args.dataset_format
+        grouped.setdefault(fmt, []).append(path)
+    for fmt, paths in grouped.items():
+        if fmt == "arrow":
+            sources.append(ArrowSource(paths, args.image_column, args.caption_column, skip_log))
+        elif fmt == "webdataset":
+            sources.append(WebDatasetSource(paths))
+        elif fmt == "karpathy":
+            sources += [KarpathySource(p, args.image_root, [split], skip_log) for p in paths]
+        elif fmt in ("jsonl", "csv"):
+            sources += [
+                JsonLinesSource(p, args.image_root, args.image_column, args.caption_column, skip_log) for p in paths
+            ]
+        else:
+            raise DataConfigError(f"--dataset_format {fmt} cannot read {paths[0]}.")
+    return sources
+
+
+def build_dataset(
+    args: DataArguments,
+    tokenizer,
+    image_size: int,
+    split: str = "train",
+    seed: int = 0,
+    skip_log: SkipLog | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+):
+    """The training (`split="train"`) or evaluation dataset the flags describe, checked for readability."""
+    skip_log = skip_log or SkipLog(args.skipped_records_file)
+    train = split == "train"
+    files = args.train_file if train else args.validation_file
+    split_name = args.train_split if train else args.validation_split
+    synthetic_size = args.synthetic_train_size if train else args.synthetic_eval_size
+    # Held-out synthetic pairs come from another seed: no evaluation image was seen in training.
+    sources = build_sources(
+        args, files, split_name, skip_log, synthetic_size, seed + (0 if train else 10_007), image_size
+    )
+    if not sources:
+        return None
+    mode = args.image_transform if train else "pretrain"
+    builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode, args.horizontal_flip), args.max_seq_length)
+    streaming = args.streaming or any(not isinstance(s, MapSource) for s in sources)
+    if streaming:
+        return StreamingImageTextDataset(sources, builder, skip_log, args.itm_negatives, rank, world_size)
+    dataset = ImageTextDataset(sources, builder, skip_log, args.itm_negatives)
+    dataset.check_readable()
+    return dataset

@@ -1,0 +1,88 @@
+"""Raw image-text records, and the log of records a run had to skip.
+
+A long run must never die on one bad record: readers raise `BadRecord(reason)`, the dataset skips it, and
+`SkipLog` counts it. The log is a JSON-lines file (one per rank) so that data-loader worker processes can append to
+it without shared state, and nothing is lost if the run dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+# Why a record is skipped. Records that can be converted (CMYK, RGBA, palette, 16-bit, grayscale images, overlong
+# captions) are converted, not skipped.
+SKIP_REASONS = {
+    "missing_image": "the image file does not exist",
+    "empty_image": "the image file or bytes are empty",
+    "corrupt_image": "the image cannot be decoded",
+    "truncated_image": "the image data ends early",
+    "empty_caption": "the caption is empty or not text",
+    "bad_row": "the row of the source file is malformed",
+}
+
+
+class BadRecord(Exception):
+    """A record that cannot be used; `reason` is a key of SKIP_REASONS."""
+
+    def __init__(self, reason: str, name: str, detail: str = ""):
+        assert reason in SKIP_REASONS, reason
+        super().__init__(f"{reason}: {name} {detail}".strip())
+        self.reason, self.name, self.detail = reason, name, detail
+
+
+@dataclass
+class RawRecord:
+    """One caption with its image, before decoding. `image` is bytes, a file path, or a PIL image."""
+
+    image: Any
+    caption: Any
+    image_id: str
+    name: str  # where the record came from, for error messages
+
+
+class SkipLog:
+    """Counts skipped records per reason across processes (workers append to `path`)."""
+
+    def __init__(self, path: str | None = None):
+        if path is None:
+            handle, path = tempfile.mkstemp(prefix="bridgetower_skipped_", suffix=".jsonl")
+            os.close(handle)
+        self.path = str(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
+    def record(self, bad: BadRecord) -> None:
+        line = json.dumps({"reason": bad.reason, "name": bad.name, "detail": bad.detail[:200]})
+        with open(self.path, "a") as f:  # one short append per skip: atomic enough across worker processes
+            f.write(line + "\n")
+
+    def entries(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def counts(self) -> dict[str, int]:
+        return dict(collections.Counter(entry["reason"] for entry in self.entries()))
+
+    def summary(self, first: int = 5) -> dict:
+        """{"skipped_total": n, "skipped_<reason>": n, ..., "skipped_examples": ["reason: name", ...]}."""
+        entries = self.entries()
+        out: dict[str, Any] = {"skipped_total": len(entries)}
+        for reason, count in sorted(collections.Counter(e["reason"] for e in entries).items()):
+            out[f"skipped_{reason}"] = count
+        out["skipped_examples"] = [f"{e['reason']}: {e['name']}" for e in entries[:first]]
+        return out
+
+    def report(self) -> str:
+        summary = self.summary()
+        if not summary["skipped_total"]:
+            return "no records skipped"
+        parts = [
+            f"{k[len('skipped_') :]}={v}" for k, v in summary.items() if k not in ("skipped_total", "skipped_examples")
+        ]
+        return f"skipped {summary['skipped_total']} records ({', '.join(parts)}); first: {summary['skipped_examples']}"

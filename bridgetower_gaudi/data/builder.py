@@ -44,6 +44,9 @@ class DataArguments:
     whole_word_masking: bool = field(default=False, metadata={"help": "Mask every piece of a chosen word."})
     synthetic_train_size: int = field(default=4096, metadata={"help": "Synthetic pairs for training."})
     synthetic_eval_size: int = field(default=512, metadata={"help": "Synthetic pairs for evaluation (held out)."})
+    deterministic_masking: bool = field(
+        default=False, metadata={"help": "Mask / pair each batch from a seed and its content (same on any world size)."}
+    )
     skipped_records_file: str | None = field(default=None, metadata={"help": "Where skipped records are logged."})
 
     def __post_init__(self):

@@ -70,11 +70,11 @@ def synthetic_attributes(seed: int, index: int) -> dict:
 
 def draw_shape(attributes: dict, size: int = 64) -> Image.Image:
     """A grey noisy canvas with one coloured shape placed by `position`."""
-    noise = np.random.default_rng(attributes["noise_seed"]).integers(90, 130, size=(size, size, 3), dtype=np.uint8)
+    noise = np.random.default_rng(attributes["noise_seed"]).integers(100, 120, size=(size, size, 3), dtype=np.uint8)
     image = Image.fromarray(noise, mode="RGB")
     centers = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}
     cx, cy = (np.array(centers[attributes["position"]]) + attributes["jitter"]) * size
-    r = size * 0.17
+    r = size * 0.22
     color = COLORS[attributes["color"]]
     draw = ImageDraw.Draw(image)
     if attributes["shape"] == "circle":

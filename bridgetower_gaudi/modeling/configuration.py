@@ -85,7 +85,7 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
             text tower's, which is what transformers uses (it ignores the top-level `num_attention_heads`).
         contrastive_hidden_size / logit_scale_init_value: the ITC heads (transformers reads them from the hub
             config; we give them the released checkpoints' values as defaults).
-        num_image_token_types: size of the modality-type embedding (2: text and image).
+        pretraining_objectives: which objectives `BridgeTowerForPreTraining` trains ("itc" adds its heads).
         checkpoint_layout: set by `save_pretrained`: "transformers" when the weights are in transformers'
             layout, "bridgetower_gaudi" when the configuration cannot be represented there.
     """
@@ -105,6 +105,7 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         cross_modal_attention_probs_dropout_prob: float | None = None,
         contrastive_hidden_size: int = 512,
         logit_scale_init_value: float = 2.6592,
+        pretraining_objectives: tuple[str, ...] | list[str] = ("mlm", "itm"),
         checkpoint_layout: str = "transformers",
         **kwargs,
     ):
@@ -134,6 +135,10 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         self.contrastive_hidden_size = contrastive_hidden_size
         self.logit_scale_init_value = logit_scale_init_value
         self.checkpoint_layout = checkpoint_layout
+        unknown = set(pretraining_objectives) - {"mlm", "itm", "itc"}
+        if unknown:
+            raise ValueError(f"pretraining_objectives {sorted(unknown)} unknown: choose from mlm, itm, itc.")
+        self.pretraining_objectives = list(pretraining_objectives)
 
         if self.hidden_size % self.cross_modal_num_attention_heads:
             raise ValueError(

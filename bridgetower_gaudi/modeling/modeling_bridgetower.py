@@ -48,11 +48,12 @@ class BridgeTowerContrastiveOutput(ModelOutput):
 
 @dataclass
 class BridgeTowerForPreTrainingOutput(ModelOutput):
-    """`loss` = `mlm_loss` + `itm_loss` (each present when its labels were given)."""
+    """`loss` = `mlm_loss` + `itm_loss` (+ `itc_loss`), each present when its objective ran."""
 
     loss: torch.FloatTensor | None = None
     mlm_loss: torch.FloatTensor | None = None
     itm_loss: torch.FloatTensor | None = None
+    itc_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
 
@@ -116,7 +117,7 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CrossModalLayer", "CLIPEncoderLayer", "RobertaLayer", "BertLayer"]
 
     def _init_weights(self, module: nn.Module):
-        std = 0.02 * self.config.initializer_factor
+        std = 0.05 * self.config.initializer_factor  # as transformers' BridgeTower (0.02 stalls ITM on small models)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             module.weight.data.normal_(mean=0.0, std=std)
             if module.bias is not None:
@@ -128,7 +129,9 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
             module.bias.data.zero_()
         elif isinstance(module, BridgeTowerMLMHead):
             module.bias.data.zero_()
-        elif isinstance(module, BridgeTowerForContrastiveLearning):
+        elif isinstance(module, (BridgeTowerForContrastiveLearning, BridgeTowerForPreTraining)) and hasattr(
+            module, "logit_scale"
+        ):
             module.logit_scale.data.fill_(self.config.logit_scale_init_value)
         elif type(module).__name__ == "CLIPVisionEmbeddings":
             module.class_embedding.data.normal_(mean=0.0, std=std)
@@ -163,8 +166,10 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
                 + "; ".join(reasons)
                 + ". Save without export_to_transformers to keep it in bridgetower_gaudi's layout."
             )
-        if kwargs.get("state_dict") is None and not reasons:
-            kwargs["state_dict"] = checkpoint_conversion.to_transformers_layout(self.state_dict(), self.config)
+        if not reasons:  # also a state dict handed in (e.g. gathered from DeepSpeed ZeRO-3 shards)
+            state_dict = kwargs.get("state_dict")
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            kwargs["state_dict"] = checkpoint_conversion.to_transformers_layout(state_dict, self.config)
         layout = "bridgetower_gaudi" if reasons else "transformers"
         previous, self.config.checkpoint_layout = self.config.checkpoint_layout, layout
         try:
@@ -472,14 +477,34 @@ class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_score.decoder = new_embeddings
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                head_mask=None, inputs_embeds=None, image_embeds=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, labels=None):  # fmt: skip
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        head_mask=None,
+        inputs_embeds=None,
+        image_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        labels=None,
+    ):
         outputs = self.bridgetower(
-            input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, head_mask, inputs_embeds,
-            image_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            pixel_mask,
+            head_mask,
+            inputs_embeds,
+            image_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
-        )  # fmt: skip
+        )
         logits = self.mlm_score(outputs.text_features)
         loss = _mlm_loss(logits, labels) if labels is not None else None
         result = MaskedLMOutput(
@@ -497,14 +522,34 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
         self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                head_mask=None, inputs_embeds=None, image_embeds=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, labels=None):  # fmt: skip
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        head_mask=None,
+        inputs_embeds=None,
+        image_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        labels=None,
+    ):
         outputs = self.bridgetower(
-            input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, head_mask, inputs_embeds,
-            image_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            pixel_mask,
+            head_mask,
+            inputs_embeds,
+            image_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
-        )  # fmt: skip
+        )
         logits = self.itm_score(outputs.pooler_output)
         loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
         result = SequenceClassifierOutput(
@@ -544,9 +589,21 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         """Normalised ITC image embeddings from the vision tower alone."""
         return self.image_embeddings(self.bridgetower.encode_image(pixel_values, pixel_mask))
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                head_mask=None, inputs_embeds=None, image_embeds=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, return_loss=None):  # fmt: skip
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        head_mask=None,
+        inputs_embeds=None,
+        image_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        return_loss=None,
+    ):
         _reject_unsupported(head_mask=head_mask, inputs_embeds=inputs_embeds, image_embeds=image_embeds)
         bridgetower = self.bridgetower
         text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
@@ -563,14 +620,19 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
             pairs = [(text_embeds, image_embeds), (text_embeds, cross_embeds), (image_embeds, cross_embeds)]
             loss = sum(F.cross_entropy((a @ b.t()).float() * scale, labels) for a, b in pairs) / 3.0
         result = BridgeTowerContrastiveOutput(
-            loss=loss, logits=logits, text_embeds=text_embeds, image_embeds=image_embeds, cross_embeds=cross_embeds,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )  # fmt: skip
+            loss=loss,
+            logits=logits,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            cross_embeds=cross_embeds,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
         return result if return_dict is not False else result.to_tuple()
 
 
 class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
-    """MLM + ITM in one forward (the paper's pre-training objectives, summed 1:1).
+    """The paper's pre-training objectives in one forward: MLM + ITM (summed 1:1), optionally + ITC.
 
     - MLM: `input_ids` are the masked captions paired with their own images, `labels` the original tokens at
       masked positions (-100 elsewhere).
@@ -578,17 +640,45 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
       `itm_labels` is 1, another where it is 0. The other image is `itm_pixel_values` (a second vision-tower pass:
       negatives drawn from the data set, as the official code) or row `itm_image_index[i]` of `pixel_values` (the
       vision tower runs once; the MLM pass's image features are reused).
+    - ITC (when `config.pretraining_objectives` has "itc"): contrastive loss between the uni-modal text and image
+      [CLS] embeddings of the batch; with `itm_image_index` and `itm_negative_mask` (True where image j is a valid
+      negative for caption i), ITM negatives are re-drawn from softmax(ITC similarity): hard negatives, as ALBEF.
     """
+
+    _tied_weights_keys = ["mlm_score.decoder.weight"]
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
         self.bridgetower = BridgeTowerModel(config)
         self.mlm_score = BridgeTowerMLMHead(config)
         self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
+        self.use_itc = "itc" in config.pretraining_objectives
+        if self.use_itc:
+            embed = config.contrastive_hidden_size
+            self.itc_text_head = BridgeTowerContrastiveHead(config.text_config.hidden_size, embed)
+            self.itc_image_head = BridgeTowerContrastiveHead(config.hidden_size, embed)
+            self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
 
     def get_output_embeddings(self):
         return self.mlm_score.decoder
+
+    def _itc(self, text: TowerOutput, image: TowerOutput):
+        text_embeds = F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
+        image_cls = self.bridgetower.project_image(image.hidden_states[-1][:, :1], self.config.num_bridges)[:, 0]
+        image_embeds = F.normalize(self.itc_image_head(image_cls), dim=-1)
+        similarity = (text_embeds @ image_embeds.t()).float() * self.logit_scale.exp()
+        targets = torch.arange(similarity.shape[0], device=similarity.device)
+        loss = (F.cross_entropy(similarity, targets) + F.cross_entropy(similarity.t(), targets)) / 2
+        return loss, similarity.detach()
+
+    @staticmethod
+    def _hard_negatives(similarity, itm_labels, itm_image_index, itm_negative_mask):
+        weights = similarity.softmax(dim=-1) * itm_negative_mask.to(similarity.dtype)
+        has_candidate = weights.sum(dim=-1) > 0
+        drawn = torch.multinomial(weights.masked_fill(~has_candidate[:, None], 1.0), 1).squeeze(-1)
+        use = (itm_labels == 0) & has_candidate
+        return torch.where(use, drawn, itm_image_index)
 
     def forward(
         self,
@@ -602,6 +692,7 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         itm_image_index: torch.LongTensor | None = None,
         itm_pixel_values: torch.FloatTensor | None = None,
         itm_pixel_mask: torch.LongTensor | None = None,
+        itm_negative_mask: torch.BoolTensor | None = None,
         return_dict: bool | None = None,
     ) -> BridgeTowerForPreTrainingOutput:
         if itm_image_index is not None and itm_pixel_values is not None:
@@ -615,10 +706,15 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
             mlm_logits = self.mlm_score(bridgetower.fuse(masked_text, image).text_features)
             mlm_loss = _mlm_loss(mlm_logits, labels)
 
-        itm_loss = itm_logits = None
-        if itm_labels is not None:
+        itc_loss = itm_loss = itm_logits = None
+        if itm_labels is not None or self.use_itc:
             clean_ids = input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
             text = bridgetower.encode_text(clean_ids, attention_mask, token_type_ids)
+            if self.use_itc:
+                itc_loss, similarity = self._itc(text, image)
+                if itm_labels is not None and itm_image_index is not None and itm_negative_mask is not None:
+                    itm_image_index = self._hard_negatives(similarity, itm_labels, itm_image_index, itm_negative_mask)
+        if itm_labels is not None:
             if itm_pixel_values is not None:
                 itm_image = bridgetower.encode_image(itm_pixel_values, itm_pixel_mask)
             elif itm_image_index is not None:
@@ -628,7 +724,7 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
             itm_logits = self.itm_score(bridgetower.fuse(text, itm_image).pooler_output)
             itm_loss = F.cross_entropy(itm_logits.float(), itm_labels.to(itm_logits.device))
 
-        losses = [part for part in (mlm_loss, itm_loss) if part is not None]
+        losses = [part for part in (mlm_loss, itm_loss, itc_loss) if part is not None]
         loss = sum(losses) if losses else None
-        result = BridgeTowerForPreTrainingOutput(loss, mlm_loss, itm_loss, mlm_logits, itm_logits)
+        result = BridgeTowerForPreTrainingOutput(loss, mlm_loss, itm_loss, itc_loss, mlm_logits, itm_logits)
         return result if return_dict is not False else result.to_tuple()

@@ -1,0 +1,62 @@
+"""The one place that knows devices: which backend runs, which flags it accepts, which trainer it gets.
+
+HPU code (optimum.habana, habana_frameworks) is imported only from `device.gaudi`, and only when `--use_habana`
+is given: `import optimum.habana` fails on machines without SynapseAI.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..training.arguments import HPU_ONLY_FLAGS
+
+RUN_SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run_scripts")
+DEFAULT_GAUDI_CONFIG = os.path.join(RUN_SCRIPTS, "gaudi_config.json")
+
+
+def backend_name(args) -> str:
+    """'hpu', 'cuda' or 'cpu': what this run will train on."""
+    if getattr(args, "use_habana", False):
+        return "hpu"
+    if torch.cuda.is_available() and not getattr(args, "use_cpu", False):
+        return "cuda"
+    return "cpu"
+
+
+def check_device_flags(args) -> None:
+    """HPU-only flags off HPU, or flags no backend accepts, fail at start-up with the fix."""
+    if args.use_habana:
+        if args.fp16:
+            raise ValueError("--fp16 is not supported on Gaudi: use --bf16.")
+        return
+    wrong = [f"--{name}" for name, default in HPU_ONLY_FLAGS.items() if getattr(args, name) not in (default, False)]
+    if args.torch_compile_backend == "hpu_backend":
+        wrong.append("--torch_compile_backend hpu_backend")
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)} only work on Gaudi: add --use_habana on an HPU machine, or drop them here "
+            f"(this run would use {backend_name(args)})."
+        )
+
+
+def resolve_training_arguments(args):
+    """Our training arguments, or GaudiTrainingArguments built from them when `--use_habana` is set."""
+    check_device_flags(args)
+    if not args.use_habana:
+        return args
+    from . import gaudi
+
+    return gaudi.to_gaudi_training_arguments(args)
+
+
+def trainer_class(args):
+    """GaudiTrainer-based on HPU (or whenever `args` are GaudiTrainingArguments), transformers' Trainer elsewhere."""
+    from ..training.trainer import BridgeTowerTrainer
+
+    if type(args).__name__ == "GaudiTrainingArguments":
+        from . import gaudi
+
+        return gaudi.GaudiBridgeTowerTrainer
+    return BridgeTowerTrainer

@@ -1,0 +1,57 @@
+"""Gaudi (HPU) path: GaudiTrainer, GaudiTrainingArguments and GaudiConfig from optimum-habana. The only module that
+imports optimum.habana / habana_frameworks. Written from the optimum-habana 1.21 and Intel Gaudi docs; contract-tested
+on CPU (`use_habana=False, use_cpu=True`), not yet run on Gaudi hardware."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
+from transformers import Trainer
+
+from ..training.trainer import BridgeTowerTrainerMixin
+from . import DEFAULT_GAUDI_CONFIG
+
+
+def to_gaudi_training_arguments(args, **overrides) -> GaudiTrainingArguments:
+    """The same flag values as GaudiTrainingArguments (both extend transformers' TrainingArguments)."""
+    values = {}
+    for field in dataclasses.fields(GaudiTrainingArguments):
+        if field.init and hasattr(args, field.name):
+            values[field.name] = getattr(args, field.name)
+    values.update(overrides)
+    if values.get("use_lazy_mode") is None:
+        values["use_lazy_mode"] = values.get("use_habana", False)  # optimum-habana's default on HPU
+    if values.get("use_habana"):
+        values["gaudi_config_name"] = values.get("gaudi_config_name") or DEFAULT_GAUDI_CONFIG
+    return GaudiTrainingArguments(**values)
+
+
+def load_gaudi_config(args) -> GaudiConfig:
+    """The GaudiConfig: fused AdamW / clip-norm and bf16 autocast op lists. With DeepSpeed, bf16 comes from the
+    DeepSpeed JSON instead of autocast."""
+    config = GaudiConfig.from_pretrained(args.gaudi_config_name or DEFAULT_GAUDI_CONFIG)
+    if args.deepspeed:
+        config.use_torch_autocast = False
+    return config
+
+
+class GaudiBridgeTowerTrainer(BridgeTowerTrainerMixin, GaudiTrainer):
+    """GaudiTrainer with BridgeTower's optimizer groups and metrics."""
+
+    def __init__(self, *args, gaudi_config: GaudiConfig | None = None, **kwargs):
+        training_args = kwargs.get("args")
+        super().__init__(*args, gaudi_config=gaudi_config or load_gaudi_config(training_args), **kwargs)
+
+    def optimizer_class(self):
+        if self.gaudi_config.use_fused_adam and self.args.use_habana:
+            from habana_frameworks.torch.hpex.optimizers import FusedAdamW
+
+            return FusedAdamW, {}
+        return super().optimizer_class()
+
+    def log(self, logs, start_time=None, end_time=None):
+        if self.args.use_habana:
+            return super().log(logs, start_time, end_time)
+        # GaudiTrainer.log reads HPU memory statistics; off HPU (the CPU contract test) log as transformers does.
+        return Trainer.log(self, logs, start_time)

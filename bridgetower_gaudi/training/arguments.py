@@ -1,0 +1,83 @@
+"""Flags of the run scripts: model, pre-training objectives, and training arguments with the Gaudi flags that
+optimum-habana users already type. One parser serves every device; `device.resolve_training_arguments` turns the
+result into `GaudiTrainingArguments` on HPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A BridgeTower checkpoint to start from."})
+    vision_model_name_or_path: str | None = field(default=None, metadata={"help": "CLIP checkpoint (uni-modal init)."})
+    text_model_name_or_path: str | None = field(default=None, metadata={"help": "RoBERTa / BERT checkpoint."})
+    config_name: str | None = field(
+        default=None, metadata={"help": "Random init from a preset (tiny, base, large) or a config.json / folder."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated key=value config fields, e.g. 'num_hidden_layers=4,link_tower_type=gated'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer; default: the checkpoint's, or the synthetic one for synthetic data."},
+    )
+
+
+@dataclass
+class PretrainingArguments:
+    objectives: str = field(default="mlm,itm", metadata={"help": "Comma-separated: mlm, itm, itc."})
+    pretrain_step: str = field(
+        default="one_pass",
+        metadata={"help": "one_pass: ITM reuses the MLM pass's image features; two_pass: the official two forwards."},
+    )
+    cross_modal_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for cross-modal parameters."})
+    head_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for the MLM / ITM / ITC heads."})
+    freeze_text_tower: bool = field(default=False, metadata={"help": "Keep the text tower fixed (ablations)."})
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the vision tower fixed (ablations)."})
+    shuffle_train_data: bool = field(
+        default=True, metadata={"help": "Shuffle training data; off: file order (to compare runs across world sizes)."}
+    )
+
+    def __post_init__(self):
+        if self.pretrain_step not in ("one_pass", "two_pass"):
+            raise ValueError(f"--pretrain_step {self.pretrain_step!r}: choose one_pass or two_pass.")
+        unknown = set(self.objective_list) - {"mlm", "itm", "itc"}
+        if unknown or not self.objective_list:
+            raise ValueError(f"--objectives {self.objectives!r}: a comma-separated subset of mlm, itm, itc.")
+
+    @property
+    def objective_list(self) -> list[str]:
+        return [o.strip() for o in self.objectives.split(",") if o.strip()]
+
+
+# Flags that only mean something on Gaudi; off HPU they must stay at their defaults.
+HPU_ONLY_FLAGS = {
+    "use_lazy_mode": None,
+    "use_hpu_graphs_for_training": False,
+    "use_hpu_graphs_for_inference": False,
+    "gaudi_config_name": None,
+    "distribution_strategy": "ddp",
+    "pipelining_fwd_bwd": False,
+}
+
+
+@dataclass
+class BridgeTowerTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments plus optimum-habana's Gaudi flags (same names, same meaning)."""
+
+    use_habana: bool = field(default=False, metadata={"help": "Run on Gaudi (HPU) with GaudiTrainer."})
+    use_lazy_mode: bool | None = field(default=None, metadata={"help": "HPU lazy mode (Gaudi default: on)."})
+    use_hpu_graphs_for_training: bool = field(default=False, metadata={"help": "Wrap the training step in HPU graphs."})
+    use_hpu_graphs_for_inference: bool = field(default=False, metadata={"help": "Wrap evaluation in HPU graphs."})
+    gaudi_config_name: str | None = field(default=None, metadata={"help": "GaudiConfig file (default: shipped one)."})
+    throughput_warmup_steps: int = field(default=0, metadata={"help": "Steps left out of the throughput figure."})
+    distribution_strategy: str = field(default="ddp", metadata={"help": "ddp, or fast_ddp on HPU."})
+    pipelining_fwd_bwd: bool = field(default=False, metadata={"help": "HPU: overlap forward and backward."})
+    # The paper's optimisation: AdamW (0.9, 0.98), eps 1e-8, weight decay 0.01, 10% warmup then linear decay to 0.
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper: 0.98)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorm)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warmup."})

@@ -1,0 +1,234 @@
+"""Pre-training entry point (`run_scripts/run_pretrain.py`): parse, build, train, evaluate, report.
+
+With no arguments it runs the embedded default: a tiny BridgeTower on the synthetic source, on whatever device is
+there, then prints ITM accuracy, MLM accuracy and samples/s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import torch
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from ..data import DataArguments, PretrainingCollator, SkipLog, build_dataset, synthetic_tokenizer
+from ..data.synthetic import COLORS, POSITIONS, SHAPES
+from ..device import backend_name, resolve_training_arguments, trainer_class
+from ..modeling import PRESETS, BridgeTowerConfig, BridgeTowerForPreTraining
+from .arguments import BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments
+from .optimization import freeze_towers
+from .trainer import PretrainingMetrics
+
+logger = logging.getLogger("bridgetower_gaudi")
+
+DEFAULT_ARGS = [
+    "--config_name", "tiny",
+    "--dataset_format", "synthetic",
+    "--output_dir", "outputs/pretrain-tiny-synthetic",
+    "--overwrite_output_dir",
+    "--do_train", "--do_eval",
+    "--max_steps", "1000",
+    "--per_device_train_batch_size", "32",
+    "--per_device_eval_batch_size", "64",
+    "--learning_rate", "5e-4",
+    "--max_seq_length", "16",
+    "--synthetic_train_size", "32000",
+    "--synthetic_eval_size", "512",
+    "--logging_steps", "100",
+    "--save_steps", "1000",
+    "--save_total_limit", "1",
+    "--dataloader_num_workers", "1",
+    "--report_to", "tensorboard",
+    "--seed", "0",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = DEFAULT_ARGS
+    if "--bf16" in argv and "--use_habana" not in argv and "--use_cpu" not in argv and not torch.cuda.is_available():
+        argv.append("--use_cpu")  # transformers accepts bf16 autocast on CPU only with --use_cpu
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, BridgeTowerTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def parse_overrides(text: str | None) -> dict:
+    """'a=1,b=gated,c=true' -> {"a": 1, "b": "gated", "c": True} (values parsed as JSON when they are)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides item {item!r} is not key=value.")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def load_tokenizer(model_args: ModelArguments, data_args: DataArguments):
+    source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.text_model_name_or_path
+    if source:
+        return AutoTokenizer.from_pretrained(source)
+    if data_args.dataset_format == "synthetic":
+        return synthetic_tokenizer()
+    raise ValueError("no tokenizer: pass --tokenizer_name (or a checkpoint with one) for this data set.")
+
+
+def build_model(model_args: ModelArguments, pretraining_args: PretrainingArguments, data_args, tokenizer):
+    overrides = parse_overrides(model_args.config_overrides)
+    overrides["pretraining_objectives"] = pretraining_args.objective_list
+    if model_args.model_name_or_path:
+        return BridgeTowerForPreTraining.from_pretrained(model_args.model_name_or_path, **overrides)
+    if model_args.vision_model_name_or_path or model_args.text_model_name_or_path:
+        if not (model_args.vision_model_name_or_path and model_args.text_model_name_or_path):
+            raise ValueError("uni-modal init needs both --vision_model_name_or_path and --text_model_name_or_path.")
+        return BridgeTowerForPreTraining.from_backbones(
+            model_args.vision_model_name_or_path,
+            model_args.text_model_name_or_path,
+            image_size=data_args.image_size or 288,
+            **overrides,
+        )
+    name = model_args.config_name or "tiny"
+    if name in PRESETS:
+        fields = {**PRESETS[name]}
+    else:
+        fields = BridgeTowerConfig.from_pretrained(name).to_dict()
+    text = dict(fields.get("text_config", {}))
+    text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)  # random init: fit the tokenizer
+    fields["text_config"] = text
+    if data_args.image_size:
+        fields["vision_config"] = {**fields.get("vision_config", {}), "image_size": data_args.image_size}
+    config = BridgeTowerConfig(**{**fields, **overrides})
+    if config.text_config.vocab_size < len(tokenizer):
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary {config.text_config.vocab_size}: "
+            "pass --config_overrides with a matching text vocabulary or another --tokenizer_name."
+        )
+    return BridgeTowerForPreTraining(config)
+
+
+def synthetic_word_classes(tokenizer, data_args) -> dict[str, set[int]] | None:
+    if data_args.dataset_format != "synthetic" or data_args.train_file or data_args.dataset_name:
+        return None
+    ids = lambda words: {tokenizer.convert_tokens_to_ids(w) for w in words}
+    return {"color": ids(COLORS), "shape": ids(SHAPES), "position": ids(POSITIONS)}
+
+
+def build_trainer(model_args, data_args, pretraining_args, args):
+    """Model, data, collator, metrics and trainer for already-resolved arguments (Trainer or GaudiTrainer)."""
+    args.dataloader_drop_last = True  # static shapes: every batch the same size (HPU graphs, compile)
+    args.remove_unused_columns = False
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(model_args, data_args)
+    model = build_model(model_args, pretraining_args, data_args, tokenizer)
+    freeze_towers(model, pretraining_args.freeze_text_tower, pretraining_args.freeze_vision_tower)
+    image_size = data_args.image_size or model.config.vision_config.image_size
+
+    objectives = pretraining_args.objective_list
+    if "itm" not in objectives:
+        data_args.itm_negatives = "none"
+    skip_file = data_args.skipped_records_file or os.path.join(
+        args.output_dir, f"skipped_records.rank{args.process_index}.jsonl"
+    )
+    skip_log = SkipLog(skip_file)
+    dataset_kwargs = dict(seed=args.seed, skip_log=skip_log)
+    train_dataset = (
+        build_dataset(data_args, tokenizer, image_size, "train", **dataset_kwargs) if args.do_train else None
+    )
+    eval_dataset = (
+        build_dataset(data_args, tokenizer, image_size, "validation", **dataset_kwargs) if args.do_eval else None
+    )
+    if args.do_eval and eval_dataset is None:
+        raise ValueError("--do_eval needs --validation_file (or --dataset_name with a validation split).")
+
+    collator = PretrainingCollator(
+        tokenizer,
+        mlm_probability=data_args.mlm_probability,
+        whole_word_masking=data_args.whole_word_masking,
+        itm_negatives=data_args.itm_negatives,
+        mlm="mlm" in objectives,
+        two_pass=pretraining_args.pretrain_step == "two_pass",
+        negative_mask="itc" in objectives,
+        seed=args.seed if data_args.deterministic_masking else None,
+    )
+    metrics = PretrainingMetrics(objectives, synthetic_word_classes(tokenizer, data_args))
+    args.label_names = metrics.label_names
+    return trainer_class(args)(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=metrics,
+        preprocess_logits_for_metrics=metrics.preprocess,
+        pretraining_args=pretraining_args,
+        skip_log=skip_log,
+    )
+
+
+def run(trainer) -> dict:
+    """Train and / or evaluate as the arguments say; write Trainer-style metric files; return the metrics."""
+    args, skip_log = trainer.args, trainer.skip_log
+    logger.info("training on %s with %s", backend_name(args), type(trainer).__name__)
+    results = {}
+    if args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trainer.save_model()
+        train_metrics = {**train_result.metrics, **_flat(skip_log.summary())}
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        results.update(train_metrics)
+    if args.do_eval:
+        eval_metrics = {**trainer.evaluate(), **{f"eval_{k}": v for k, v in _flat(skip_log.summary()).items()}}
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        results.update(eval_metrics)
+    if args.should_save:
+        with open(os.path.join(args.output_dir, "all_results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+    logger.info("skipped records: %s", skip_log.report())
+    if args.should_log:
+        print(summary_line(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, pretraining_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = resolve_training_arguments(training_args)
+    return run(build_trainer(model_args, data_args, pretraining_args, args))
+
+
+def _flat(summary: dict) -> dict:
+    """Skip counts as metrics (the list of first examples becomes one string)."""
+    return {k: (", ".join(v) if isinstance(v, list) else v) for k, v in summary.items()}
+
+
+def summary_line(results: dict) -> str:
+    parts = [
+        f"{label} {results[key]:.4f}" if isinstance(results.get(key), float) else None
+        for label, key in (
+            ("ITM accuracy", "eval_itm_accuracy"),
+            ("MLM accuracy", "eval_mlm_accuracy"),
+            ("MLM accuracy on colour/shape/position words", "eval_mlm_attribute_accuracy"),
+            ("text alone allows", "eval_mlm_attribute_text_only_baseline"),
+        )
+    ]
+    line = " | ".join(p for p in parts if p)
+    if "train_samples_per_second" in results:
+        line += f" | train {results['train_samples_per_second']:.1f} samples/s"
+    return "bridgetower_gaudi: " + (line or "done")
+
+
+if __name__ == "__main__":
+    main()

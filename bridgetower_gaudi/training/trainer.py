@@ -1,0 +1,140 @@
+"""The trainer: transformers' Trainer (or optimum-habana's GaudiTrainer, see `device.gaudi`) with BridgeTower's
+AdamW groups, its evaluation metrics and the skipped-record report. Model, collator and optimizer code are the same
+on every device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import Trainer
+
+from ..modeling import checkpoint_conversion
+from .arguments import PretrainingArguments
+from .metrics import itm_accuracy, majority_baseline, mlm_accuracy
+from .optimization import parameter_groups
+
+# BridgeTowerForPreTrainingOutput field order; prediction tuples follow it, without `loss` and absent fields.
+OUTPUT_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits")
+
+
+class PretrainingMetrics:
+    """`preprocess_logits_for_metrics` + `compute_metrics` for BridgeTowerForPreTraining evaluation."""
+
+    def __init__(self, objectives: list[str], word_classes: dict[str, set[int]] | None = None):
+        present = {"mlm_loss": "mlm", "itm_loss": "itm", "itc_loss": "itc", "mlm_logits": "mlm", "itm_logits": "itm"}
+        self.fields = [f for f in OUTPUT_FIELDS if present[f] in objectives]
+        self.objectives = objectives
+        self.word_classes = word_classes or {}
+        self.label_names = [name for name, o in (("labels", "mlm"), ("itm_labels", "itm")) if o in objectives]
+
+    def preprocess(self, logits, labels):
+        outputs = dict(zip(self.fields, logits if isinstance(logits, tuple) else (logits,), strict=False))
+        reduced = []
+        batch = (labels[0] if isinstance(labels, (tuple, list)) else labels).shape[0]
+        for name in self.fields:
+            value = outputs[name]
+            if name.endswith("loss"):
+                reduced.append(value.detach().float().reshape(1).expand(batch))  # per-row copies concatenate
+            else:
+                reduced.append(value.argmax(dim=-1))
+        return tuple(reduced)
+
+    def __call__(self, prediction) -> dict:
+        predictions = prediction.predictions if isinstance(prediction.predictions, tuple) else (prediction.predictions,)
+        outputs = dict(zip(self.fields, predictions, strict=True))
+        labels = prediction.label_ids if isinstance(prediction.label_ids, tuple) else (prediction.label_ids,)
+        labels = dict(zip(self.label_names, labels, strict=True))
+        metrics = {name: float(np.mean(outputs[name])) for name in self.fields if name.endswith("loss")}
+        if "itm_logits" in outputs:
+            metrics["itm_accuracy"] = itm_accuracy(outputs["itm_logits"], labels["itm_labels"])
+        if "mlm_logits" in outputs:
+            metrics["mlm_accuracy"] = mlm_accuracy(outputs["mlm_logits"], labels["labels"])
+            if self.word_classes:
+                attribute_ids = set().union(*self.word_classes.values())
+                metrics["mlm_attribute_accuracy"] = mlm_accuracy(outputs["mlm_logits"], labels["labels"], attribute_ids)
+                metrics["mlm_attribute_text_only_baseline"] = majority_baseline(
+                    labels["labels"], list(self.word_classes.values())
+                )
+        return metrics
+
+
+class BridgeTowerTrainerMixin:
+    """Shared by BridgeTowerTrainer (transformers) and GaudiBridgeTowerTrainer (optimum-habana)."""
+
+    def __init__(self, *args, pretraining_args: PretrainingArguments | None = None, skip_log=None, **kwargs):
+        self.pretraining_args = pretraining_args or PretrainingArguments()
+        self.skip_log = skip_log
+        super().__init__(*args, **kwargs)
+
+    def optimizer_class(self):
+        """(optimizer class, extra kwargs): AdamW, fused on CUDA."""
+        fused = self.args.device.type == "cuda"
+        return torch.optim.AdamW, ({"fused": True} if fused else {})
+
+    def create_optimizer(self):
+        if self.optimizer is None:
+            groups = parameter_groups(
+                self.model,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                self.pretraining_args.cross_modal_lr_multiplier,
+                self.pretraining_args.head_lr_multiplier,
+            )
+            groups = [{k: v for k, v in g.items() if k not in ("names", "role")} for g in groups]
+            optimizer_cls, extra = self.optimizer_class()
+            self.optimizer = optimizer_cls(
+                groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon, **extra
+            )
+        return self.optimizer
+
+    def _get_train_sampler(self, *args, **kwargs):
+        if not self.pretraining_args.shuffle_train_data:
+            dataset = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
+            return torch.utils.data.SequentialSampler(dataset if dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        # A streaming dataset splits itself across ranks and workers; accelerate's wrapper would split it again.
+        if isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            return self._streaming_loader(self.train_dataset, self._train_batch_size)
+        return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return self._streaming_loader(dataset, self.args.eval_batch_size)
+        return super().get_eval_dataloader(eval_dataset)
+
+    def _streaming_loader(self, dataset, batch_size):
+        workers = self.args.dataloader_num_workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            drop_last=self.args.dataloader_drop_last,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Checkpoints are written in transformers' BridgeTower layout; convert back before loading.
+        state = checkpoint_conversion.load_transformers_layout_state_dict(resume_from_checkpoint)
+        if state is None or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model or self.model
+        result = model.load_state_dict(state, strict=False)
+        missing = set(result.missing_keys) - set(getattr(model, "_tied_weights_keys", None) or [])  # tied: not saved
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} does not match the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}. Resume with the model flags the checkpoint was trained with."
+            )
+        model.tie_weights()
+
+    def skipped_records(self) -> dict:
+        return self.skip_log.summary() if self.skip_log is not None else {}
+
+
+class BridgeTowerTrainer(BridgeTowerTrainerMixin, Trainer):
+    """transformers' Trainer for CUDA and CPU."""

@@ -48,7 +48,9 @@ def resolve_training_arguments(args):
         return args
     from . import gaudi
 
-    return gaudi.to_gaudi_training_arguments(args)
+    gaudi_args = gaudi.to_gaudi_training_arguments(args)
+    gaudi.adapt_towers_to_gaudi()
+    return gaudi_args
 
 
 def trainer_class(args):

@@ -27,6 +27,14 @@ def to_gaudi_training_arguments(args, **overrides) -> GaudiTrainingArguments:
     return GaudiTrainingArguments(**values)
 
 
+def adapt_towers_to_gaudi() -> None:
+    """Swap in optimum-habana's Gaudi kernels (fused SDPA, bf16-safe masks) for transformers' CLIP / BERT / RoBERTa
+    layers, which are our towers. Called once, on HPU only, before the model is built (never at import)."""
+    from optimum.habana.transformers.modeling_utils import adapt_transformers_to_gaudi
+
+    adapt_transformers_to_gaudi()
+
+
 def load_gaudi_config(args) -> GaudiConfig:
     """The GaudiConfig: fused AdamW / clip-norm and bf16 autocast op lists. With DeepSpeed, bf16 comes from the
     DeepSpeed JSON instead of autocast."""

@@ -13,7 +13,7 @@ import torch
 import bridgetower_gaudi as btg
 from bridgetower_gaudi.data import DataConfigError
 from bridgetower_gaudi.training.optimization import parameter_groups, parameter_role
-from bridgetower_gaudi.training.pretrain import DEFAULT_ARGS, build_trainer, main, parse_args
+from bridgetower_gaudi.training.pretrain import DEFAULT_ARGS, build_trainer, main, parse_args, run
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,3 +225,11 @@ def test_deepspeed_zero_on_two_processes_matches_one_process(tmp_path, zero_stag
     for a, b in zip(single, sharded, strict=True):
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (single, sharded)
     assert single[-1] < single[0]  # and it is training
+
+
+def test_throughput_warmup_steps_are_left_out_of_samples_per_second(tmp_path):
+    args = ["--output_dir", str(tmp_path), "--do_train", "--max_steps", "6", "--throughput_warmup_steps", "2", *SHORT]
+    trainer = build_trainer(*parse_args(args))
+    results = run(trainer)
+    assert trainer.throughput.start_step == 2  # steps 3..6 are timed
+    assert results["train_samples_per_second"] == trainer.throughput.samples_per_second > 0

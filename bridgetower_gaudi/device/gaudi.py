@@ -5,6 +5,7 @@ on CPU (`use_habana=False, use_cpu=True`), not yet run on Gaudi hardware."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
 from transformers import Trainer
@@ -20,8 +21,17 @@ def to_gaudi_training_arguments(args, **overrides) -> GaudiTrainingArguments:
         if field.init and hasattr(args, field.name):
             values[field.name] = getattr(args, field.name)
     values.update(overrides)
+    compile_on_hpu = values.get("use_habana") and values.get("torch_compile")
+    if compile_on_hpu:
+        # Intel's recommended mode: eager + torch.compile(backend="hpu_backend"); lazy mode must be off for it.
+        if values.get("use_lazy_mode") or os.environ.get("PT_HPU_LAZY_MODE") != "0":
+            raise ValueError(
+                "--torch_compile on Gaudi runs in eager mode: export PT_HPU_LAZY_MODE=0 and drop --use_lazy_mode "
+                "(or drop --torch_compile to use lazy mode)."
+            )
+        values["torch_compile_backend"] = values.get("torch_compile_backend") or "hpu_backend"
     if values.get("use_lazy_mode") is None:
-        values["use_lazy_mode"] = values.get("use_habana", False)  # optimum-habana's default on HPU
+        values["use_lazy_mode"] = bool(values.get("use_habana")) and not compile_on_hpu  # optimum-habana's default
     if values.get("use_habana"):
         values["gaudi_config_name"] = values.get("gaudi_config_name") or DEFAULT_GAUDI_CONFIG
     return GaudiTrainingArguments(**values)

@@ -4,9 +4,11 @@ on every device."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..modeling import checkpoint_conversion
 from .arguments import PretrainingArguments
@@ -136,5 +138,39 @@ class BridgeTowerTrainerMixin:
         return self.skip_log.summary() if self.skip_log is not None else {}
 
 
+class WarmupExcludedThroughput(TrainerCallback):
+    """`--throughput_warmup_steps` off Gaudi (GaudiTrainer does this itself): samples/s over the steps after the
+    first N of this run, so compilation and allocator warm-up do not dilute the figure."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps, self.first_step, self.start, self.samples_per_second = warmup_steps, 0, None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.first_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.first_step + self.warmup_steps:
+            self.start, self.start_step = time.perf_counter(), state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.start is not None and state.global_step > self.start_step:
+            samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            steps = state.global_step - self.start_step
+            self.samples_per_second = round(steps * samples_per_step / (time.perf_counter() - self.start), 3)
+
+
 class BridgeTowerTrainer(BridgeTowerTrainerMixin, Trainer):
     """transformers' Trainer for CUDA and CPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.throughput = None
+        if getattr(self.args, "throughput_warmup_steps", 0) > 0:
+            self.throughput = WarmupExcludedThroughput(self.args.throughput_warmup_steps)
+            self.add_callback(self.throughput)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.throughput is not None and self.throughput.samples_per_second is not None:
+            result.metrics["train_samples_per_second"] = self.throughput.samples_per_second
+        return result

@@ -3,7 +3,8 @@
 #   bash run_scripts/setup.sh            # .venv with the package
 #   bash run_scripts/setup.sh --test     # .venv with the package and the test tools
 #   bash run_scripts/setup.sh --system   # into the current interpreter (Gaudi / CUDA containers that ship torch)
-# torch is installed only when missing, and then as the CPU build 2.13.0; an existing torch is never replaced.
+# torch is installed only when missing (torch==2.13.0: the CPU wheel kept on this project's machines; elsewhere PyPI's
+# default build); an existing torch (Gaudi and CUDA images ship their own) is never replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -381,3 +381,56 @@ def test_decoding_reports_truncation_separately_from_corruption():
     with pytest.raises(Exception, match="corrupt_image"):
         decode_image(b"garbage", "garbage")
     assert decode_image(io.BytesIO(good).getvalue(), "ok").size == (64, 64)
+
+
+def test_deterministic_masking_depends_only_on_seed_and_batch():
+    tokenizer = synthetic_tokenizer()
+    examples = [
+        build_dataset(DataArguments(synthetic_train_size=8, max_seq_length=16), tokenizer, 32)[i] for i in range(8)
+    ]
+    first = PretrainingCollator(tokenizer, seed=3)(examples)
+    torch.manual_seed(123)  # the global stream must not matter
+    second = PretrainingCollator(tokenizer, seed=3)(examples)
+    for key in ("input_ids", "labels", "itm_labels", "itm_image_index"):
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_uppercase_csv_is_read_as_csv(tmp_path):
+    write_images(tmp_path / "imgs", 2)
+    (tmp_path / "DATA.CSV").write_text("image,caption\nimgs/img0.png,zero\nimgs/img1.png,one\n")
+    assert read_pairs(JsonLinesSource(str(tmp_path / "DATA.CSV"), None, "image", "caption", SkipLog())) == [
+        (0, "zero"),
+        (1, "one"),
+    ]
+
+
+def test_a_stream_with_nothing_readable_fails_at_start(tmp_path):
+    write_tar(tmp_path / "a.tar", 0, 2)
+    import tarfile
+
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        for i in range(3):
+            for name, data in ((f"s{i}.png", b"not a png"), (f"s{i}.txt", b"caption")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    args = DataArguments(train_file=[str(tmp_path / "bad.tar")], dataset_format="webdataset")
+    with pytest.raises(DataConfigError, match="none of its first 3 records is readable"):
+        build_dataset(args, synthetic_tokenizer(), 32)
+
+
+def test_skip_logs_start_fresh_and_sum_over_ranks(tmp_path):
+    from bridgetower_gaudi.data import BadRecord
+
+    for rank in range(2):
+        log = SkipLog(tmp_path / f"skipped_records.train.rank{rank}.jsonl", fresh=True)
+        log.record(BadRecord("corrupt_image", f"img{rank}"))
+    again = SkipLog(tmp_path / "skipped_records.train.rank0.jsonl", fresh=True)  # a new run on rank 0
+    assert again.entries() == []
+    again.record(BadRecord("missing_image", "x"))
+    summary = SkipLog.summary_of(again.rank_paths())
+    assert (
+        summary["skipped_total"] == 2
+        and summary["skipped_missing_image"] == 1
+        and summary["skipped_corrupt_image"] == 1
+    )

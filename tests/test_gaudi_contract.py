@@ -44,6 +44,7 @@ def test_gaudi_trainer_path_trains_two_steps_on_cpu(tmp_path):
     assert report["use_fused_adam"] and report["use_fused_clip_norm"] and report["use_torch_autocast"]
     assert report["global_step"] == 2 and math.isfinite(report["train_loss"])
     assert report["optimizer_groups"] >= 3  # BridgeTower's lr-multiplier groups reached GaudiTrainer
+    assert report["adam_beta2"] == 0.98 and report["warmup_ratio"] == 0.1  # the paper's optimiser flags too
 
 
 def test_optimum_habana_is_imported_only_by_the_device_module():

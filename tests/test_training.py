@@ -233,3 +233,27 @@ def test_throughput_warmup_steps_are_left_out_of_samples_per_second(tmp_path):
     results = run(trainer)
     assert trainer.throughput.start_step == 2  # steps 3..6 are timed
     assert results["train_samples_per_second"] == trainer.throughput.samples_per_second > 0
+
+
+def test_objectives_without_mlm_or_itm_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="mlm or itm"):
+        main(["--output_dir", str(tmp_path), "--do_train", "--objectives", "itc", *SHORT])
+
+
+def test_load_best_model_at_end_restores_every_weight(tmp_path):
+    from safetensors.torch import load_file
+
+    from bridgetower_gaudi.modeling import checkpoint_conversion
+
+    args = ["--output_dir", str(tmp_path), "--do_train", "--do_eval", "--max_steps", "4", "--eval_strategy", "steps",
+            "--eval_steps", "2", "--save_steps", "2", "--load_best_model_at_end", "--metric_for_best_model", "loss",
+            "--greater_is_better", "True",  # picks the early, higher-loss checkpoint: not the final weights
+            *SHORT]  # fmt: skip
+    trainer = build_trainer(*parse_args(args))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best.endswith("checkpoint-2")
+    saved = checkpoint_conversion.from_transformers_layout(load_file(os.path.join(best, "model.safetensors")))
+    state = trainer.model.state_dict()
+    vision = [k for k in saved if "vision_model." in k]
+    assert vision and all(torch.equal(state[k], saved[k]) for k in saved)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .dataset import ExampleBuilder, ImageTextDataset, StreamingImageTextDataset
+from .dataset import ExampleBuilder, ImageTextDataset, StreamingImageTextDataset, check_readable
 from .images import ImageTransform
 from .records import SkipLog
 from .sources import (
@@ -33,7 +33,9 @@ class DataArguments:
     image_column: str = field(default="image", metadata={"help": "Column / field holding the image."})
     caption_column: str = field(default="caption", metadata={"help": "Column / field holding the caption(s)."})
     train_split: str = field(default="train", metadata={"help": "Split for training (Karpathy: restval counts)."})
-    validation_split: str = field(default="val", metadata={"help": "Split for evaluation."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Split for evaluation (default: 'val' in Karpathy files, else 'validation')."}
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream records instead of random access."})
     max_seq_length: int = field(default=50, metadata={"help": "Every caption is padded / truncated to this."})
     image_size: int | None = field(default=None, metadata={"help": "Image side; default: the model's."})
@@ -90,6 +92,8 @@ def build_sources(
     if args.dataset_format == "synthetic" and not files and not args.dataset_name:
         return [SyntheticSource(synthetic_size, seed=synthetic_seed, image_size=max(64, image_size))]
     sources = []
+    if split is None:  # the evaluation split's conventional name differs between Karpathy files and `datasets`
+        split = "validation" if args.dataset_name else "val"
     if args.dataset_name:
         sources.append(
             HFDatasetSource(
@@ -149,8 +153,7 @@ def build_dataset(
     mode = args.image_transform if train else "pretrain"
     builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode, args.horizontal_flip), args.max_seq_length)
     streaming = args.streaming or any(not isinstance(s, MapSource) for s in sources)
+    check_readable(sources, builder)
     if streaming:
         return StreamingImageTextDataset(sources, builder, skip_log, args.itm_negatives, rank, world_size)
-    dataset = ImageTextDataset(sources, builder, skip_log, args.itm_negatives)
-    dataset.check_readable()
-    return dataset
+    return ImageTextDataset(sources, builder, skip_log, args.itm_negatives)

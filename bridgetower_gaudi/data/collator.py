@@ -95,12 +95,15 @@ class PretrainingCollator:
         masked[chosen & (draw < 0.8)] = self.tokenizer.mask_token_id
         random_positions = chosen & (draw >= 0.8) & (draw < 0.9)
         masked[random_positions] = self.regular_ids[
-            torch.randint(len(self.regular_ids), (int(random_positions.sum()),))
+            torch.randint(len(self.regular_ids), (int(random_positions.sum()),), generator=generator)
         ]
         return masked, labels
 
     def _extend_to_whole_words(self, input_ids, candidates, chosen):
         continues = self.continues_word[input_ids] & candidates
+        # A piece right after a special token starts a word (RoBERTa's first word has no leading "Ġ").
+        continues[:, 0] = False
+        continues[:, 1:] &= candidates[:, :-1]
         chosen = chosen.clone()
         # A word is chosen when its first piece is; propagate left to right through continuation pieces.
         for column in range(1, input_ids.shape[1]):

@@ -8,6 +8,7 @@ data-loader workers itself, so that no record is read twice in an epoch.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 
 import torch
@@ -112,20 +113,26 @@ class ImageTextDataset(Dataset):
         )
 
     def check_readable(self, probe: int = 16) -> None:
-        """Fail at start-up if a source yields nothing readable in its first `probe` records."""
-        for number, source in enumerate(self.sources):
-            errors = []
-            for local in range(min(probe, len(source))):
-                try:
-                    self.builder(source[local])
-                    break
-                except BadRecord as bad:
-                    errors.append(str(bad))
-            else:
-                raise DataConfigError(
-                    f"source {getattr(source, 'name', number)}: none of its first {len(errors)} records is readable "
-                    f"(first: {errors[:3]}). Check --image_root and the file paths / columns."
-                )
+        check_readable(self.sources, self.builder, probe)
+
+
+def check_readable(sources, builder: ExampleBuilder, probe: int = 16) -> None:
+    """Fail at start-up if a source yields nothing readable in its first `probe` records."""
+    for number, source in enumerate(sources):
+        errors = []
+        for item in itertools.islice(source.iter_records(), probe):
+            try:
+                if isinstance(item, BadRecord):
+                    raise item
+                builder(item)
+                break
+            except BadRecord as bad:
+                errors.append(str(bad))
+        else:
+            raise DataConfigError(
+                f"source {getattr(source, 'name', number)}: none of its first {len(errors)} records is readable "
+                f"(first: {errors[:3]}). Check --image_root and the file paths / columns."
+            )
 
 
 def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

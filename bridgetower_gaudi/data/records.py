@@ -8,6 +8,7 @@ it without shared state, and nothing is lost if the run dies.
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 import tempfile
@@ -48,12 +49,15 @@ class RawRecord:
 class SkipLog:
     """Counts skipped records per reason across processes (workers append to `path`)."""
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, fresh: bool = False):
+        """`fresh=True` starts the count at zero (a new run); otherwise an existing log is appended to."""
         if path is None:
             handle, path = tempfile.mkstemp(prefix="bridgetower_skipped_", suffix=".jsonl")
             os.close(handle)
         self.path = str(path)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if fresh and os.path.exists(self.path):
+            os.remove(self.path)
 
     def record(self, bad: BadRecord) -> None:
         line = json.dumps({"reason": bad.reason, "name": bad.name, "detail": bad.detail[:200]})
@@ -61,17 +65,35 @@ class SkipLog:
             f.write(line + "\n")
 
     def entries(self) -> list[dict]:
-        if not os.path.exists(self.path):
+        return self._read(self.path)
+
+    @staticmethod
+    def _read(path: str) -> list[dict]:
+        if not os.path.exists(path):
             return []
-        with open(self.path) as f:
+        with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
+
+    def rank_paths(self) -> list[str]:
+        """This log and its siblings of the other ranks (`...rank<N>.jsonl`)."""
+        if ".rank" not in os.path.basename(self.path):
+            return [self.path]
+        head, _, _ = self.path.rpartition(".rank")
+        return sorted(glob.glob(f"{glob.escape(head)}.rank*.jsonl"))
+
+    @classmethod
+    def summary_of(cls, paths: list[str], first: int = 5) -> dict:
+        return cls._summarize([entry for path in paths for entry in cls._read(path)], first)
 
     def counts(self) -> dict[str, int]:
         return dict(collections.Counter(entry["reason"] for entry in self.entries()))
 
     def summary(self, first: int = 5) -> dict:
         """{"skipped_total": n, "skipped_<reason>": n, ..., "skipped_examples": ["reason: name", ...]}."""
-        entries = self.entries()
+        return self._summarize(self.entries(), first)
+
+    @staticmethod
+    def _summarize(entries: list[dict], first: int) -> dict:
         out: dict[str, Any] = {"skipped_total": len(entries)}
         for reason, count in sorted(collections.Counter(e["reason"] for e in entries).items()):
             out[f"skipped_{reason}"] = count

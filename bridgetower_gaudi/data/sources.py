@@ -161,7 +161,7 @@ class JsonLinesSource(MapSource):
                 skip_log.record(bad)
 
     def _rows(self, path, skip_log):
-        if path.endswith(".csv"):
+        if path.lower().endswith(".csv"):
             with open(path, newline="") as f:
                 for line, row in enumerate(csv.DictReader(f), start=2):
                     yield line, {k: v for k, v in row.items() if k is not None}

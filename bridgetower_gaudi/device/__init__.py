@@ -41,23 +41,39 @@ def check_device_flags(args) -> None:
         )
 
 
+def gaudi_training_arguments_class():
+    """optimum-habana's GaudiTrainingArguments (imports optimum.habana: only call it for Gaudi runs)."""
+    from .gaudi import GaudiTrainingArguments
+
+    return GaudiTrainingArguments
+
+
+def is_gaudi_arguments(args) -> bool:
+    return type(args).__name__ == "GaudiTrainingArguments"
+
+
 def resolve_training_arguments(args):
-    """Our training arguments, or GaudiTrainingArguments built from them when `--use_habana` is set."""
-    check_device_flags(args)
-    if not args.use_habana:
+    """Check the device flags; on HPU also swap Gaudi kernels into transformers' tower layers."""
+    if not is_gaudi_arguments(args):
+        if args.use_habana:
+            raise ValueError(
+                "--use_habana needs GaudiTrainingArguments: parse the flags with training.pretrain.parse_args."
+            )
+        check_device_flags(args)
         return args
     from . import gaudi
 
-    gaudi_args = gaudi.to_gaudi_training_arguments(args)
-    gaudi.adapt_towers_to_gaudi()
-    return gaudi_args
+    gaudi.check_gaudi_arguments(args)
+    if args.use_habana:
+        gaudi.adapt_towers_to_gaudi()
+    return args
 
 
 def trainer_class(args):
     """GaudiTrainer-based on HPU (or whenever `args` are GaudiTrainingArguments), transformers' Trainer elsewhere."""
     from ..training.trainer import BridgeTowerTrainer
 
-    if type(args).__name__ == "GaudiTrainingArguments":
+    if is_gaudi_arguments(args):
         from . import gaudi
 
         return gaudi.GaudiBridgeTowerTrainer

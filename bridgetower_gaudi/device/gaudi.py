@@ -4,7 +4,6 @@ on CPU (`use_habana=False, use_cpu=True`), not yet run on Gaudi hardware."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
@@ -14,27 +13,17 @@ from ..training.trainer import BridgeTowerTrainerMixin
 from . import DEFAULT_GAUDI_CONFIG
 
 
-def to_gaudi_training_arguments(args, **overrides) -> GaudiTrainingArguments:
-    """The same flag values as GaudiTrainingArguments (both extend transformers' TrainingArguments)."""
-    values = {}
-    for field in dataclasses.fields(GaudiTrainingArguments):
-        if field.init and hasattr(args, field.name):
-            values[field.name] = getattr(args, field.name)
-    values.update(overrides)
-    compile_on_hpu = values.get("use_habana") and values.get("torch_compile")
-    if compile_on_hpu:
+def check_gaudi_arguments(args: GaudiTrainingArguments) -> None:
+    """Gaudi flag combinations that cannot work, with the fix."""
+    if args.use_habana and args.torch_compile:
         # Intel's recommended mode: eager + torch.compile(backend="hpu_backend"); lazy mode must be off for it.
-        if values.get("use_lazy_mode") or os.environ.get("PT_HPU_LAZY_MODE") != "0":
+        if args.use_lazy_mode or os.environ.get("PT_HPU_LAZY_MODE") != "0":
             raise ValueError(
-                "--torch_compile on Gaudi runs in eager mode: export PT_HPU_LAZY_MODE=0 and drop --use_lazy_mode "
+                "--torch_compile on Gaudi runs in eager mode: export PT_HPU_LAZY_MODE=0 and pass --use_lazy_mode False "
                 "(or drop --torch_compile to use lazy mode)."
             )
-        values["torch_compile_backend"] = values.get("torch_compile_backend") or "hpu_backend"
-    if values.get("use_lazy_mode") is None:
-        values["use_lazy_mode"] = bool(values.get("use_habana")) and not compile_on_hpu  # optimum-habana's default
-    if values.get("use_habana"):
-        values["gaudi_config_name"] = values.get("gaudi_config_name") or DEFAULT_GAUDI_CONFIG
-    return GaudiTrainingArguments(**values)
+        if args.torch_compile_backend != "hpu_backend":
+            raise ValueError("--torch_compile on Gaudi needs --torch_compile_backend hpu_backend.")
 
 
 def adapt_towers_to_gaudi() -> None:

@@ -46,13 +46,20 @@ class PretrainingArguments:
         if self.pretrain_step not in ("one_pass", "two_pass"):
             raise ValueError(f"--pretrain_step {self.pretrain_step!r}: choose one_pass or two_pass.")
         unknown = set(self.objective_list) - {"mlm", "itm", "itc"}
-        if unknown or not self.objective_list:
-            raise ValueError(f"--objectives {self.objectives!r}: a comma-separated subset of mlm, itm, itc.")
+        if unknown or not {"mlm", "itm"} & set(self.objective_list):
+            raise ValueError(
+                f"--objectives {self.objectives!r}: a comma-separated subset of mlm, itm, itc with mlm or itm in it "
+                "(itc trains with them)."
+            )
 
     @property
     def objective_list(self) -> list[str]:
         return [o.strip() for o in self.objectives.split(",") if o.strip()]
 
+
+# The paper's optimisation: AdamW (0.9, 0.98), eps 1e-8, weight decay 0.01, 10% warmup then linear decay to 0.
+# Put before the user's flags (later flags win), so GaudiTrainingArguments gets them too.
+PAPER_OPTIMIZER_FLAGS = ["--adam_beta2", "0.98", "--weight_decay", "0.01", "--warmup_ratio", "0.1"]
 
 # Flags that only mean something on Gaudi; off HPU they must stay at their defaults.
 HPU_ONLY_FLAGS = {
@@ -77,7 +84,7 @@ class BridgeTowerTrainingArguments(TrainingArguments):
     throughput_warmup_steps: int = field(default=0, metadata={"help": "Steps left out of the throughput figure."})
     distribution_strategy: str = field(default="ddp", metadata={"help": "ddp, or fast_ddp on HPU."})
     pipelining_fwd_bwd: bool = field(default=False, metadata={"help": "HPU: overlap forward and backward."})
-    # The paper's optimisation: AdamW (0.9, 0.98), eps 1e-8, weight decay 0.01, 10% warmup then linear decay to 0.
+    # The paper's optimisation (PAPER_OPTIMIZER_FLAGS) as defaults here too, for arguments built in code.
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper: 0.98)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorm)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warmup."})

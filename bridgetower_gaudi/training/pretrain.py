@@ -16,9 +16,9 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from ..data import DataArguments, PretrainingCollator, SkipLog, build_dataset, synthetic_tokenizer
 from ..data.synthetic import COLORS, POSITIONS, SHAPES
-from ..device import backend_name, resolve_training_arguments, trainer_class
+from ..device import backend_name, gaudi_training_arguments_class, resolve_training_arguments, trainer_class
 from ..modeling import PRESETS, BridgeTowerConfig, BridgeTowerForPreTraining
-from .arguments import BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments
+from .arguments import PAPER_OPTIMIZER_FLAGS, BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments
 from .optimization import freeze_towers
 from .trainer import PretrainingMetrics
 
@@ -46,13 +46,21 @@ DEFAULT_ARGS = [
 ]  # fmt: skip
 
 
-def parse_args(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None, training_arguments_class=None):
+    """(ModelArguments, DataArguments, PretrainingArguments, training arguments). With `--use_habana` the training
+    arguments are optimum-habana's GaudiTrainingArguments, parsed directly so that Gaudi's own defaults hold."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = DEFAULT_ARGS
+    if training_arguments_class is None:
+        training_arguments_class = (
+            gaudi_training_arguments_class() if "--use_habana" in argv else BridgeTowerTrainingArguments
+        )
+    if not (len(argv) == 1 and argv[0].endswith(".json")):
+        argv = PAPER_OPTIMIZER_FLAGS + argv
     if "--bf16" in argv and "--use_habana" not in argv and "--use_cpu" not in argv and not torch.cuda.is_available():
         argv.append("--use_cpu")  # transformers accepts bf16 autocast on CPU only with --use_cpu
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, BridgeTowerTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, training_arguments_class))
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(os.path.abspath(argv[0]))
     return parser.parse_args_into_dataclasses(argv)
@@ -134,16 +142,18 @@ def build_trainer(model_args, data_args, pretraining_args, args):
     objectives = pretraining_args.objective_list
     if "itm" not in objectives:
         data_args.itm_negatives = "none"
-    skip_file = data_args.skipped_records_file or os.path.join(
-        args.output_dir, f"skipped_records.rank{args.process_index}.jsonl"
-    )
-    skip_log = SkipLog(skip_file)
-    dataset_kwargs = dict(seed=args.seed, skip_log=skip_log)
+    if set(objectives) < {"mlm", "itm"} and args.ddp_find_unused_parameters is None:
+        # MLM alone leaves the last image stream and the ITM head unused (ITM alone the MLM head): DDP must know.
+        args.ddp_find_unused_parameters = True
+    skip_log = SkipLog(_skip_log_path(data_args, args, "train"), fresh=True)
+    eval_skip_log = SkipLog(_skip_log_path(data_args, args, "validation"), fresh=True)
     train_dataset = (
-        build_dataset(data_args, tokenizer, image_size, "train", **dataset_kwargs) if args.do_train else None
+        build_dataset(data_args, tokenizer, image_size, "train", args.seed, skip_log) if args.do_train else None
     )
     eval_dataset = (
-        build_dataset(data_args, tokenizer, image_size, "validation", **dataset_kwargs) if args.do_eval else None
+        build_dataset(data_args, tokenizer, image_size, "validation", args.seed, eval_skip_log)
+        if args.do_eval
+        else None
     )
     if args.do_eval and eval_dataset is None:
         raise ValueError("--do_eval needs --validation_file (or --dataset_name with a validation split).")
@@ -171,31 +181,40 @@ def build_trainer(model_args, data_args, pretraining_args, args):
         preprocess_logits_for_metrics=metrics.preprocess,
         pretraining_args=pretraining_args,
         skip_log=skip_log,
+        eval_skip_log=eval_skip_log,
     )
+
+
+def _skip_log_path(data_args, args, split: str) -> str:
+    """One log per split and rank (workers append to it); `--skipped_records_file` names the train one."""
+    if split == "train" and data_args.skipped_records_file:
+        return data_args.skipped_records_file
+    return os.path.join(args.output_dir, f"skipped_records.{split}.rank{args.process_index}.jsonl")
 
 
 def run(trainer) -> dict:
     """Train and / or evaluate as the arguments say; write Trainer-style metric files; return the metrics."""
-    args, skip_log = trainer.args, trainer.skip_log
+    args = trainer.args
     logger.info("training on %s with %s", backend_name(args), type(trainer).__name__)
     results = {}
     if args.do_train:
         train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         trainer.save_model()
-        train_metrics = {**train_result.metrics, **_flat(skip_log.summary())}
+        train_metrics = {**train_result.metrics, **_flat(trainer.skipped_records("train"))}
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
         results.update(train_metrics)
     if args.do_eval:
-        eval_metrics = {**trainer.evaluate(), **{f"eval_{k}": v for k, v in _flat(skip_log.summary()).items()}}
+        skipped = trainer.skipped_records("validation")
+        eval_metrics = {**trainer.evaluate(), **{f"eval_{k}": v for k, v in _flat(skipped).items()}}
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         results.update(eval_metrics)
     if args.should_save:
         with open(os.path.join(args.output_dir, "all_results.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
-    logger.info("skipped records: %s", skip_log.report())
+    logger.info("skipped records: train: %s; validation: %s", trainer.skip_log.report(), trainer.eval_skip_log.report())
     if args.should_log:
         print(summary_line(results))
     return results

@@ -5,11 +5,14 @@ on every device."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import seed_worker
 
+from ..data import SkipLog
 from ..modeling import checkpoint_conversion
 from .arguments import PretrainingArguments
 from .metrics import itm_accuracy, majority_baseline, mlm_accuracy
@@ -36,7 +39,7 @@ class PretrainingMetrics:
         for name in self.fields:
             value = outputs[name]
             if name.endswith("loss"):
-                reduced.append(value.detach().float().reshape(1).expand(batch))  # per-row copies concatenate
+                reduced.append(value.detach().float().mean().reshape(1).expand(batch))  # per-row copies concatenate
             else:
                 reduced.append(value.argmax(dim=-1))
         return tuple(reduced)
@@ -63,9 +66,10 @@ class PretrainingMetrics:
 class BridgeTowerTrainerMixin:
     """Shared by BridgeTowerTrainer (transformers) and GaudiBridgeTowerTrainer (optimum-habana)."""
 
-    def __init__(self, *args, pretraining_args: PretrainingArguments | None = None, skip_log=None, **kwargs):
+    def __init__(self, *args, pretraining_args: PretrainingArguments | None = None, skip_log=None, eval_skip_log=None,
+                 **kwargs):  # fmt: skip
         self.pretraining_args = pretraining_args or PretrainingArguments()
-        self.skip_log = skip_log
+        self.skip_log, self.eval_skip_log = skip_log or SkipLog(), eval_skip_log or SkipLog()
         super().__init__(*args, **kwargs)
 
     def optimizer_class(self):
@@ -117,6 +121,8 @@ class BridgeTowerTrainerMixin:
             drop_last=self.args.dataloader_drop_last,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            # distinct random streams per rank and worker (masking, pairing, augmentation), as Trainer's loaders
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index) if workers else None,
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -134,8 +140,17 @@ class BridgeTowerTrainerMixin:
             )
         model.tie_weights()
 
-    def skipped_records(self) -> dict:
-        return self.skip_log.summary() if self.skip_log is not None else {}
+    def _load_best_model(self):
+        # transformers' version reads model.safetensors itself (non-strict): convert from the checkpoint layout instead.
+        if self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def skipped_records(self, split: str = "train") -> dict:
+        """Skip counts of one split summed over every rank's log (each rank's workers write their own file)."""
+        log = self.skip_log if split == "train" else self.eval_skip_log
+        self.accelerator.wait_for_everyone()
+        return SkipLog.summary_of(log.rank_paths())
 
 
 class WarmupExcludedThroughput(TrainerCallback):

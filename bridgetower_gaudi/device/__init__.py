@@ -26,11 +26,7 @@ def backend_name(args) -> str:
 
 
 def check_device_flags(args) -> None:
-    """HPU-only flags off HPU, or flags no backend accepts, fail at start-up with the fix."""
-    if args.use_habana:
-        if args.fp16:
-            raise ValueError("--fp16 is not supported on Gaudi: use --bf16.")
-        return
+    """HPU-only flags off HPU fail at start-up with the fix (GaudiTrainingArguments checks the Gaudi side)."""
     wrong = [f"--{name}" for name, default in HPU_ONLY_FLAGS.items() if getattr(args, name) not in (default, False)]
     if args.torch_compile_backend == "hpu_backend":
         wrong.append("--torch_compile_backend hpu_backend")

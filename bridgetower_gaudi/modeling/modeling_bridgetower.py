@@ -458,6 +458,18 @@ class BridgeTowerContrastiveHead(nn.Module):
         return self.fc(x)
 
 
+def itc_text_embeddings(head: nn.Module, text: TowerOutput) -> torch.Tensor:
+    """Normalised ITC embedding of the text tower's last [CLS] (as transformers' ForContrastiveLearning)."""
+    return F.normalize(head(text.hidden_states[-1][:, 0]), dim=-1)
+
+
+def itc_image_embeddings(bridgetower: BridgeTowerModel, head: nn.Module, image: TowerOutput) -> torch.Tensor:
+    """Normalised ITC embedding of the vision tower's last [CLS], projected into the cross-modal space."""
+    last_cls = image.hidden_states[-1][:, :1]  # only [CLS] is needed: skip projecting the patches
+    projected = bridgetower.project_image(last_cls, bridgetower.config.num_bridges)
+    return F.normalize(head(projected[:, 0]), dim=-1)
+
+
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device))
 
@@ -574,12 +586,10 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         self.post_init()
 
     def text_embeddings(self, text: TowerOutput) -> torch.Tensor:
-        return F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
+        return itc_text_embeddings(self.itc_text_head, text)
 
     def image_embeddings(self, image: TowerOutput) -> torch.Tensor:
-        last_cls = image.hidden_states[-1][:, :1]  # only [CLS] is needed: skip projecting the patches
-        projected = self.bridgetower.project_image(last_cls, self.config.num_bridges)
-        return F.normalize(self.itc_image_head(projected[:, 0]), dim=-1)
+        return itc_image_embeddings(self.bridgetower, self.itc_image_head, image)
 
     def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Normalised ITC text embeddings from the text tower alone (for retrieval indexes)."""
@@ -664,9 +674,8 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         return self.mlm_score.decoder
 
     def _itc(self, text: TowerOutput, image: TowerOutput):
-        text_embeds = F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
-        image_cls = self.bridgetower.project_image(image.hidden_states[-1][:, :1], self.config.num_bridges)[:, 0]
-        image_embeds = F.normalize(self.itc_image_head(image_cls), dim=-1)
+        text_embeds = itc_text_embeddings(self.itc_text_head, text)
+        image_embeds = itc_image_embeddings(self.bridgetower, self.itc_image_head, image)
         similarity = (text_embeds @ image_embeds.t()).float() * self.logit_scale.exp()
         targets = torch.arange(similarity.shape[0], device=similarity.device)
         loss = (F.cross_entropy(similarity, targets) + F.cross_entropy(similarity.t(), targets)) / 2

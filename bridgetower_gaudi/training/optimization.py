@@ -3,7 +3,6 @@ multipliers for everything cross-modal and for the heads (the uni-modal towers k
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 UNIMODAL_PREFIXES = ("bridgetower.text_model.", "bridgetower.vision_model.")
@@ -62,6 +61,6 @@ def parameter_groups(
     ]
 
 
-def build_adamw(groups: list[dict], betas=(0.9, 0.98), eps=1e-8, fused: bool | None = None) -> torch.optim.AdamW:
-    clean = [{k: v for k, v in g.items() if k not in ("names", "role")} for g in groups]
-    return torch.optim.AdamW(clean, betas=betas, eps=eps, fused=fused)
+def torch_param_groups(groups: list[dict]) -> list[dict]:
+    """`parameter_groups` without its bookkeeping keys (names, role), as torch optimizers take them."""
+    return [{k: v for k, v in g.items() if k not in ("names", "role")} for g in groups]

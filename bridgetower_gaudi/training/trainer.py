@@ -16,7 +16,7 @@ from ..data import SkipLog
 from ..modeling import checkpoint_conversion
 from .arguments import PretrainingArguments
 from .metrics import itm_accuracy, majority_baseline, mlm_accuracy
-from .optimization import parameter_groups
+from .optimization import parameter_groups, torch_param_groups
 
 # BridgeTowerForPreTrainingOutput field order; prediction tuples follow it, without `loss` and absent fields.
 OUTPUT_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits")
@@ -28,7 +28,6 @@ class PretrainingMetrics:
     def __init__(self, objectives: list[str], word_classes: dict[str, set[int]] | None = None):
         present = {"mlm_loss": "mlm", "itm_loss": "itm", "itc_loss": "itc", "mlm_logits": "mlm", "itm_logits": "itm"}
         self.fields = [f for f in OUTPUT_FIELDS if present[f] in objectives]
-        self.objectives = objectives
         self.word_classes = word_classes or {}
         self.label_names = [name for name, o in (("labels", "mlm"), ("itm_labels", "itm")) if o in objectives]
 
@@ -86,7 +85,7 @@ class BridgeTowerTrainerMixin:
                 self.pretraining_args.cross_modal_lr_multiplier,
                 self.pretraining_args.head_lr_multiplier,
             )
-            groups = [{k: v for k, v in g.items() if k not in ("names", "role")} for g in groups]
+            groups = torch_param_groups(groups)
             optimizer_cls, extra = self.optimizer_class()
             self.optimizer = optimizer_cls(
                 groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon, **extra

@@ -1,19 +1,28 @@
 """The one place that knows devices: which backend runs, which flags it accepts, which trainer it gets.
 
 HPU code (optimum.habana, habana_frameworks) is imported only from `device.gaudi`, and only when `--use_habana`
-is given: `import optimum.habana` fails on machines without SynapseAI.
+is given: `import optimum.habana` fails on machines without Intel Gaudi software.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 
 import torch
+from transformers.utils import is_torch_hpu_available
 
 from ..training.arguments import HPU_ONLY_FLAGS
 
-RUN_SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run_scripts")
-DEFAULT_GAUDI_CONFIG = os.path.join(RUN_SCRIPTS, "gaudi_config.json")
+# Shipped inside the package (wheel and image installs have no run_scripts/): Habana/clip's three keys.
+DEFAULT_GAUDI_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaudi_config.json")
+# optimum-habana's name for Habana's fused SDPA in transformers' attention-function registry.
+GAUDI_ATTENTION = "gaudi_fused_sdpa"
+
+
+class GaudiSoftwareMissing(RuntimeError):
+    """`--use_habana` on a machine without the Gaudi software stack."""
 
 
 def backend_name(args) -> str:
@@ -23,6 +32,48 @@ def backend_name(args) -> str:
     if torch.cuda.is_available() and not getattr(args, "use_cpu", False):
         return "cuda"
     return "cpu"
+
+
+def require_use_habana_on_hpu(use_habana: bool, use_cpu: bool) -> None:
+    """On a Gaudi machine transformers would pick the HPU by itself, without GaudiTrainer, lazy mode or the Gaudi
+    flags (and `--bf16` would move the run to the CPU): ask for `--use_habana` instead."""
+    if not use_habana and not use_cpu and is_torch_hpu_available():
+        raise ValueError(
+            "this machine has Gaudi (HPU) devices: add --use_habana to train on them with GaudiTrainer "
+            "(or --use_cpu to train on the CPU on purpose)."
+        )
+
+
+def missing_gaudi_software() -> list[str]:
+    """What `--use_habana` needs and this Python lacks, each with where it comes from."""
+    missing = []
+    if importlib.util.find_spec("habana_frameworks") is None:
+        missing.append(
+            "Intel Gaudi's PyTorch bridge (habana_frameworks, from the Gaudi software stack / its Docker image)"
+        )
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.habana") is None:
+        missing.append("optimum-habana (pip install -e '.[hpu]', or bash run_scripts/setup.sh --hpu)")
+    return missing
+
+
+def gaudi_training_arguments_class():
+    """Our GaudiTrainingArguments (imports optimum.habana: only for `--use_habana`). Without the Gaudi software it
+    says what is missing instead of failing inside optimum-habana's Synapse version check."""
+    missing = missing_gaudi_software()
+    if missing:
+        raise GaudiSoftwareMissing(
+            "--use_habana needs the Intel Gaudi software, and this Python lacks: "
+            + "; ".join(missing)
+            + ". Run on a Gaudi machine inside Intel's Gaudi PyTorch image (README: 'Gaudi'), "
+            "or drop --use_habana to train on CUDA or the CPU with the same flags."
+        )
+    from .gaudi import BridgeTowerGaudiTrainingArguments
+
+    return BridgeTowerGaudiTrainingArguments
+
+
+def is_gaudi_arguments(args) -> bool:
+    return any(cls.__name__ == "GaudiTrainingArguments" for cls in type(args).__mro__)
 
 
 def check_device_flags(args) -> None:
@@ -37,19 +88,39 @@ def check_device_flags(args) -> None:
         )
 
 
-def gaudi_training_arguments_class():
-    """optimum-habana's GaudiTrainingArguments (imports optimum.habana: only call it for Gaudi runs)."""
-    from .gaudi import GaudiTrainingArguments
-
-    return GaudiTrainingArguments
-
-
-def is_gaudi_arguments(args) -> bool:
-    return type(args).__name__ == "GaudiTrainingArguments"
+def check_gaudi_arguments(args) -> None:
+    """Gaudi flag combinations that cannot work, with the fix."""
+    if args.mediapipe_dataloader:
+        raise ValueError(
+            "--mediapipe_dataloader: bridgetower_gaudi has no Gaudi media-pipe loader yet; drop the flag (the "
+            "regular loader is used, with --dataloader_num_workers)."
+        )
+    if args.flash_attention_recompute and args.attn_implementation != GAUDI_ATTENTION:
+        raise ValueError("--flash_attention_recompute needs --use_flash_attention (Habana's fused SDPA).")
+    if not args.use_habana:
+        return
+    lazy_env = os.environ.get("PT_HPU_LAZY_MODE")
+    if args.use_lazy_mode and lazy_env != "1":
+        # Synapse 1.24 runs eager unless PT_HPU_LAZY_MODE=1 is set before torch is imported; HPU graphs need lazy.
+        raise ValueError(
+            f"lazy mode is asked for (--use_lazy_mode, GaudiTrainingArguments' default) but PT_HPU_LAZY_MODE is "
+            f"{lazy_env if lazy_env is not None else 'unset'} (eager): export PT_HPU_LAZY_MODE=1 before starting "
+            "(run_scripts/run_pretrain.py sets it when unset), or pass --use_lazy_mode False --torch_compile with "
+            "PT_HPU_LAZY_MODE=0 for eager mode with torch.compile."
+        )
+    if args.torch_compile:
+        # Intel's recommended mode: eager + torch.compile(backend="hpu_backend"); lazy mode must be off for it.
+        if args.use_lazy_mode or lazy_env != "0":
+            raise ValueError(
+                "--torch_compile on Gaudi runs in eager mode: export PT_HPU_LAZY_MODE=0 and pass --use_lazy_mode False "
+                "(or drop --torch_compile to use lazy mode)."
+            )
+        if args.torch_compile_backend != "hpu_backend":
+            raise ValueError("--torch_compile on Gaudi needs --torch_compile_backend hpu_backend.")
 
 
 def resolve_training_arguments(args):
-    """Check the device flags; on HPU also swap Gaudi kernels into transformers' tower layers."""
+    """Check the device flags for this backend; return the arguments to train with."""
     if not is_gaudi_arguments(args):
         if args.use_habana:
             raise ValueError(
@@ -57,12 +128,22 @@ def resolve_training_arguments(args):
             )
         check_device_flags(args)
         return args
-    from . import gaudi
+    check_gaudi_arguments(args)
+    if args.use_habana and args.attn_implementation == GAUDI_ATTENTION:
+        from . import gaudi
 
-    gaudi.check_gaudi_arguments(args)
-    if args.use_habana:
-        gaudi.adapt_towers_to_gaudi()
+        gaudi.use_gaudi_fused_sdpa()
     return args
+
+
+def parsing_context(training_arguments_class):
+    """Around building the training arguments: GaudiTrainingArguments patches transformers' CLIP / BERT classes
+    on HPU (adapt_transformers_to_gaudi); `device.gaudi` puts transformers' own back for our towers."""
+    if any(cls.__name__ == "GaudiTrainingArguments" for cls in training_arguments_class.__mro__):
+        from . import gaudi
+
+        return gaudi.transformers_towers_kept()
+    return contextlib.nullcontext()
 
 
 def trainer_class(args):

@@ -1,61 +1,114 @@
-"""Gaudi (HPU) path: GaudiTrainer, GaudiTrainingArguments and GaudiConfig from optimum-habana. The only module that
-imports optimum.habana / habana_frameworks. Written from the optimum-habana 1.21 and Intel Gaudi docs; contract-tested
-on CPU (`use_habana=False, use_cpu=True`), not yet run on Gaudi hardware."""
+"""Gaudi (HPU) path: GaudiTrainer, GaudiTrainingArguments and GaudiConfig from optimum-habana 1.21.2. The only module
+that imports optimum.habana / habana_frameworks. Written from optimum-habana's source and Intel's Gaudi docs;
+contract-tested on CPU (`use_habana=False, use_cpu=True`), not yet run on Gaudi hardware."""
 
 from __future__ import annotations
 
-import os
+import contextlib
+from dataclasses import dataclass
 
 from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
 from transformers import Trainer
+from transformers.models.bert import modeling_bert
+from transformers.models.clip import modeling_clip
 
+from ..training.arguments import ExampleScriptArguments
 from ..training.trainer import BridgeTowerTrainerMixin
-from . import DEFAULT_GAUDI_CONFIG
+from . import DEFAULT_GAUDI_CONFIG, GAUDI_ATTENTION
+from .attention import register_tower_attention
 
 
-def check_gaudi_arguments(args: GaudiTrainingArguments) -> None:
-    """Gaudi flag combinations that cannot work, with the fix."""
-    if args.use_habana and args.torch_compile:
-        # Intel's recommended mode: eager + torch.compile(backend="hpu_backend"); lazy mode must be off for it.
-        if args.use_lazy_mode or os.environ.get("PT_HPU_LAZY_MODE") != "0":
-            raise ValueError(
-                "--torch_compile on Gaudi runs in eager mode: export PT_HPU_LAZY_MODE=0 and pass --use_lazy_mode False "
-                "(or drop --torch_compile to use lazy mode)."
-            )
-        if args.torch_compile_backend != "hpu_backend":
-            raise ValueError("--torch_compile on Gaudi needs --torch_compile_backend hpu_backend.")
+@dataclass
+class BridgeTowerGaudiTrainingArguments(GaudiTrainingArguments, ExampleScriptArguments):
+    """GaudiTrainingArguments (Gaudi's own defaults) plus the run_bridgetower.py flags it lacks."""
 
 
-def adapt_towers_to_gaudi() -> None:
-    """Swap in optimum-habana's Gaudi kernels (fused SDPA, bf16-safe masks) for transformers' CLIP / BERT / RoBERTa
-    layers, which are our towers. Called once, on HPU only, before the model is built (never at import)."""
-    from optimum.habana.transformers.modeling_utils import adapt_transformers_to_gaudi
+# What adapt_transformers_to_gaudi() (run by GaudiTrainingArguments on HPU) replaces in our towers' transformers
+# code. Its CLIP classes ignore attn_implementation, pass scale=1 to FusedSDPA although 4.55 no longer pre-scales
+# queries, and fail with a 4-D padding mask; its BERT SDPA forward drops attention dropout in training. The towers
+# stay transformers' own and get the fused kernel through the attention registry instead (--use_flash_attention).
+_TOWER_ATTRIBUTES = [
+    (modeling_clip, name)
+    for name in (
+        "CLIPVisionEmbeddings",
+        "CLIPAttention",
+        "CLIPEncoderLayer",
+        "CLIPEncoder",
+        "CLIPVisionTransformer",
+        "CLIPVisionModel",
+    )
+] + [(modeling_bert.BertSdpaSelfAttention, "forward"), (modeling_bert.BertModel, "forward")]
 
-    adapt_transformers_to_gaudi()
+
+@contextlib.contextmanager
+def transformers_towers_kept():
+    """Undo, on exit, what optimum-habana patches in the CLIP / BERT code our towers are built from."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _TOWER_ATTRIBUTES]
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def use_gaudi_fused_sdpa() -> None:
+    """Habana's fused SDPA (optimum-habana's registry function, which passes the module's scale) for every tower:
+    CLIP through transformers' registry, RoBERTa / BERT through `device.attention`. HPU only (imports the kernel)."""
+    from optimum.habana.transformers.integrations.gaudi_fused_sdpa_attention import (
+        gaudi_fused_sdpa_attention_forward,
+    )
+
+    register_tower_attention(GAUDI_ATTENTION, gaudi_fused_sdpa_attention_forward)
 
 
 def load_gaudi_config(args) -> GaudiConfig:
-    """The GaudiConfig: fused AdamW / clip-norm and bf16 autocast op lists. With DeepSpeed, bf16 comes from the
-    DeepSpeed JSON instead of autocast."""
+    """The GaudiConfig: `--gaudi_config_name` or the shipped one (fused AdamW, fused clip-norm, bf16 autocast). Under
+    DeepSpeed, bf16 comes from the DeepSpeed JSON and the optimizer is torch's AdamW (optimum-habana's DeepSpeed
+    guide: no fused AdamW, no autocast)."""
     config = GaudiConfig.from_pretrained(args.gaudi_config_name or DEFAULT_GAUDI_CONFIG)
     if args.deepspeed:
         config.use_torch_autocast = False
+        config.use_fused_adam = False
     return config
 
 
 class GaudiBridgeTowerTrainer(BridgeTowerTrainerMixin, GaudiTrainer):
-    """GaudiTrainer with BridgeTower's optimizer groups and metrics."""
+    """GaudiTrainer with BridgeTower's optimizer groups and metrics, and transformers' loss scaling."""
 
     def __init__(self, *args, gaudi_config: GaudiConfig | None = None, **kwargs):
+        self._divide_loss = False
         training_args = kwargs.get("args")
         super().__init__(*args, gaudi_config=gaudi_config or load_gaudi_config(training_args), **kwargs)
 
     def optimizer_class(self):
-        if self.gaudi_config.use_fused_adam and self.args.use_habana:
+        if self.gaudi_config.use_fused_adam and self.args.use_habana and not self.args.deepspeed:
             from habana_frameworks.torch.hpex.optimizers import FusedAdamW
 
             return FusedAdamW, {}
         return super().optimizer_class()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # GaudiTrainer 1.21.2 divides the loss by the accumulation steps only under lazy mode + pipelining_fwd_bwd;
+        # transformers' Trainer does it whenever the model does not normalise by num_items_in_batch itself (also
+        # under DeepSpeed, with scale_wrt_gas off). Without this, gradients are N times too large.
+        self._divide_loss = (
+            not (self.args.use_lazy_mode and self.args.pipelining_fwd_bwd)
+            and (not self.model_accepts_loss_kwargs or num_items_in_batch is None)
+            and self.compute_loss_func is None
+        )
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._divide_loss = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if not self._divide_loss:
+            return result
+        steps = self.current_gradient_accumulation_steps
+        return (result[0] / steps, result[1]) if return_outputs else result / steps
 
     def log(self, logs, start_time=None, end_time=None):
         if self.args.use_habana:

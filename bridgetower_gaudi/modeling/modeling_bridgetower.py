@@ -16,7 +16,9 @@ from transformers import BertConfig, BertModel, CLIPVisionConfig, PreTrainedMode
 from transformers.activations import ACT2FN
 from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask
 from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import BERT_SELF_ATTENTION_CLASSES
 from transformers.models.clip.modeling_clip import CLIPVisionTransformer
+from transformers.models.roberta.modeling_roberta import ROBERTA_SELF_ATTENTION_CLASSES
 
 from . import checkpoint_conversion
 from .bridges import BridgeLayer
@@ -225,8 +227,8 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
         attn = config._attn_implementation or "sdpa"
-        if attn not in ("sdpa", "eager"):
-            attn = "sdpa"
+        if attn not in ROBERTA_SELF_ATTENTION_CLASSES or attn not in BERT_SELF_ATTENTION_CLASSES:
+            attn = "sdpa"  # eager, sdpa, or a kernel device.attention registered for every tower (gaudi_fused_sdpa)
         hidden = config.hidden_size
         text_hidden, vision_hidden = config.text_config.hidden_size, config.vision_config.hidden_size
 

@@ -69,11 +69,41 @@ HPU_ONLY_FLAGS = {
     "gaudi_config_name": None,
     "distribution_strategy": "ddp",
     "pipelining_fwd_bwd": False,
+    "non_blocking_data_copy": False,
+    "adjust_throughput": False,
+    "sdp_on_bf16": False,
+    "use_flash_attention": False,
+    "flash_attention_recompute": False,
+    "attn_implementation": None,
+    "mediapipe_dataloader": False,
 }
 
 
 @dataclass
-class BridgeTowerTrainingArguments(TrainingArguments):
+class ExampleScriptArguments:
+    """Flags of optimum-habana's examples/contrastive-image-text/run_bridgetower.py that GaudiTrainingArguments lacks:
+    accepted on every device with the same names (`device.gaudi` adds them to GaudiTrainingArguments too)."""
+
+    use_flash_attention: bool = field(
+        default=False,
+        metadata={"help": "Gaudi: towers use Habana's fused SDPA (attn_implementation gaudi_fused_sdpa)."},
+    )
+    mediapipe_dataloader: bool = field(default=False, metadata={"help": "Gaudi media-pipe loader (not available yet)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models are downloaded to."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag, commit) of the models."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: `hf auth login`'s)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow data sets that run their own code."})
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Not used: images go through our own transforms (--image_size)."}
+    )
+    freeze_vision_model: bool = field(default=False, metadata={"help": "Same as --freeze_vision_tower."})
+    freeze_text_model: bool = field(default=False, metadata={"help": "Same as --freeze_text_tower."})
+
+
+@dataclass
+class BridgeTowerTrainingArguments(TrainingArguments, ExampleScriptArguments):
     """transformers' TrainingArguments plus optimum-habana's Gaudi flags (same names, same meaning)."""
 
     use_habana: bool = field(default=False, metadata={"help": "Run on Gaudi (HPU) with GaudiTrainer."})
@@ -84,6 +114,11 @@ class BridgeTowerTrainingArguments(TrainingArguments):
     throughput_warmup_steps: int = field(default=0, metadata={"help": "Steps left out of the throughput figure."})
     distribution_strategy: str = field(default="ddp", metadata={"help": "ddp, or fast_ddp on HPU."})
     pipelining_fwd_bwd: bool = field(default=False, metadata={"help": "HPU: overlap forward and backward."})
+    non_blocking_data_copy: bool = field(default=False, metadata={"help": "HPU: asynchronous host-to-device copies."})
+    adjust_throughput: bool = field(default=False, metadata={"help": "HPU: leave logging / eval / saving time out."})
+    sdp_on_bf16: bool = field(default=False, metadata={"help": "HPU: bf16 reductions in torch's math SDPA."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "HPU: gaudi_fused_sdpa for the towers."})
+    flash_attention_recompute: bool = field(default=False, metadata={"help": "HPU: recompute in fused SDPA."})
     # The paper's optimisation (PAPER_OPTIMIZER_FLAGS) as defaults here too, for arguments built in code.
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper: 0.98)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorm)."})

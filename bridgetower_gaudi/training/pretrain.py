@@ -10,13 +10,24 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from ..data import DataArguments, PretrainingCollator, SkipLog, build_dataset, synthetic_tokenizer
 from ..data.synthetic import COLORS, POSITIONS, SHAPES
-from ..device import backend_name, gaudi_training_arguments_class, resolve_training_arguments, trainer_class
+from ..device import (
+    DEFAULT_GAUDI_CONFIG,
+    GAUDI_ATTENTION,
+    GaudiSoftwareMissing,
+    backend_name,
+    gaudi_training_arguments_class,
+    parsing_context,
+    require_use_habana_on_hpu,
+    resolve_training_arguments,
+    trainer_class,
+)
 from ..modeling import PRESETS, BridgeTowerConfig, BridgeTowerForPreTraining
 from .arguments import PAPER_OPTIMIZER_FLAGS, BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments
 from .optimization import freeze_towers
@@ -46,24 +57,55 @@ DEFAULT_ARGS = [
 ]  # fmt: skip
 
 
+@dataclass
+class DeviceSwitches:
+    """The flags that choose the training-arguments class and its set-up, read before the full parse in any spelling
+    HfArgumentParser accepts (`--use_habana`, `--use_habana=True`, `--use_habana True`, or a JSON file's key)."""
+
+    use_habana: bool = False
+    use_cpu: bool = False
+    bf16: bool = False
+    use_flash_attention: bool = False
+    gaudi_config_name: str | None = None
+
+
+def device_switches(argv: list[str], values: dict | None = None) -> DeviceSwitches:
+    if values is not None:
+        return DeviceSwitches(**{f.name: values[f.name] for f in fields(DeviceSwitches) if f.name in values})
+    parser = HfArgumentParser(DeviceSwitches, add_help=False)
+    return parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)[0]
+
+
 def parse_args(argv: list[str] | None = None, training_arguments_class=None):
-    """(ModelArguments, DataArguments, PretrainingArguments, training arguments). With `--use_habana` the training
-    arguments are optimum-habana's GaudiTrainingArguments, parsed directly so that Gaudi's own defaults hold."""
+    """(ModelArguments, DataArguments, PretrainingArguments, training arguments) from flags or one JSON file. With
+    `--use_habana` the training arguments are optimum-habana's GaudiTrainingArguments (Gaudi's own defaults kept)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = DEFAULT_ARGS
-    if training_arguments_class is None:
-        training_arguments_class = (
-            gaudi_training_arguments_class() if "--use_habana" in argv else BridgeTowerTrainingArguments
-        )
-    if not (len(argv) == 1 and argv[0].endswith(".json")):
-        argv = PAPER_OPTIMIZER_FLAGS + argv
-    if "--bf16" in argv and "--use_habana" not in argv and "--use_cpu" not in argv and not torch.cuda.is_available():
-        argv.append("--use_cpu")  # transformers accepts bf16 autocast on CPU only with --use_cpu
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, training_arguments_class))
+    values = None
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(argv)
+        with open(os.path.abspath(argv[0])) as f:
+            values = json.load(f)
+    switches = device_switches(argv, values)
+    if training_arguments_class is None:
+        require_use_habana_on_hpu(switches.use_habana, switches.use_cpu)
+        training_arguments_class = (
+            gaudi_training_arguments_class() if switches.use_habana else BridgeTowerTrainingArguments
+        )
+    # Set before GaudiTrainingArguments is built: its device set-up reads the GaudiConfig, its checks the attention.
+    extra = {}
+    if switches.use_habana and not switches.gaudi_config_name:
+        extra["gaudi_config_name"] = DEFAULT_GAUDI_CONFIG
+    if switches.use_habana and switches.use_flash_attention:
+        extra["attn_implementation"] = GAUDI_ATTENTION
+    if switches.bf16 and not (switches.use_habana or switches.use_cpu or torch.cuda.is_available()):
+        extra["use_cpu"] = True  # transformers accepts bf16 autocast on CPU only with --use_cpu
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, training_arguments_class))
+    with parsing_context(training_arguments_class):
+        if values is not None:
+            return parser.parse_dict({**values, **extra})
+        extra_flags = [item for key, value in extra.items() for item in (f"--{key}", str(value))]
+        return parser.parse_args_into_dataclasses(PAPER_OPTIMIZER_FLAGS + argv + extra_flags)
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -221,11 +263,68 @@ def run(trainer) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, pretraining_args, training_args = parse_args(argv)
+    try:
+        model_args, data_args, pretraining_args, training_args = parse_args(argv)
+    except GaudiSoftwareMissing as error:
+        raise SystemExit(f"bridgetower_gaudi: {error}") from None  # the fix, without a traceback
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = resolve_training_arguments(training_args)
-    return run(build_trainer(model_args, data_args, pretraining_args, args))
+    apply_example_flags(model_args, pretraining_args, args)
+    trainer = build_trainer(model_args, data_args, pretraining_args, args)
+    limit_samples(trainer, args)
+    return run(trainer)
+
+
+def apply_example_flags(model_args: ModelArguments, pretraining_args: PretrainingArguments, args) -> None:
+    """The optimum-habana example flags (`ExampleScriptArguments`, Gaudi's attention) turned into what we build."""
+    if args.do_predict:
+        raise ValueError(
+            "--do_predict: pre-training has no test-set prediction step here; use --do_eval with a --validation_file."
+        )
+    if args.image_processor_name:
+        raise ValueError(
+            "--image_processor_name: bridgetower_gaudi builds its own image transforms (CLIP normalisation, "
+            "--image_size, --image_transform); drop the flag."
+        )
+    pretraining_args.freeze_vision_tower |= args.freeze_vision_model
+    pretraining_args.freeze_text_tower |= args.freeze_text_model
+    if getattr(args, "attn_implementation", None) == GAUDI_ATTENTION:
+        model_args.config_overrides = ",".join(
+            filter(None, [model_args.config_overrides, f"attn_implementation={GAUDI_ATTENTION}"])
+        )
+    if args.trust_remote_code:
+        import datasets
+
+        datasets.config.HF_DATASETS_TRUST_REMOTE_CODE = True  # read when a data set is loaded
+    if args.cache_dir or args.token or args.model_revision != "main":
+        resolve_hub_models(model_args, args.cache_dir, args.model_revision, args.token)
+
+
+def resolve_hub_models(model_args: ModelArguments, cache_dir: str | None, revision: str, token: str | None) -> None:
+    """Download Hub models named in the flags at `--model_revision` into `--cache_dir` (with `--token`) and load
+    them from there; local paths and presets are left alone."""
+    from huggingface_hub import snapshot_download
+
+    for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path", "tokenizer_name"):
+        value = getattr(model_args, name)
+        if value and not os.path.exists(value):
+            setattr(model_args, name, snapshot_download(value, revision=revision, cache_dir=cache_dir, token=token))
+
+
+def limit_samples(trainer, args) -> None:
+    """`--max_train_samples` / `--max_eval_samples`: the first N examples of each split, as optimum-habana's
+    examples select them."""
+    for attribute, limit, flag in (
+        ("train_dataset", args.max_train_samples, "--max_train_samples"),
+        ("eval_dataset", args.max_eval_samples, "--max_eval_samples"),
+    ):
+        dataset = getattr(trainer, attribute)
+        if limit is None or dataset is None:
+            continue
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            raise ValueError(f"{flag} needs a random-access data set: drop --streaming (tar shards always stream).")
+        setattr(trainer, attribute, torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))))
 
 
 def _flat(summary: dict) -> dict:

@@ -1,0 +1,248 @@
+"""The Gaudi path's start-up, flags, attention and install, checked on CPU in-process (no optimum-habana import:
+the parts that need it run in test_gaudi_contract.py's subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import tomllib
+import torch
+
+import bridgetower_gaudi.device as device
+import bridgetower_gaudi.training.pretrain as pretrain
+from bridgetower_gaudi import BridgeTowerModel
+from bridgetower_gaudi.device import DEFAULT_GAUDI_CONFIG, GAUDI_ATTENTION
+from bridgetower_gaudi.device.attention import register_tower_attention
+from bridgetower_gaudi.training.arguments import BridgeTowerTrainingArguments
+from tests.conftest import make_inputs, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ChoseGaudi(Exception):
+    pass
+
+
+def _choose_gaudi():
+    raise ChoseGaudi
+
+
+# (1) GaudiConfig: shipped in the package, Habana/clip's three keys, passed in before the Gaudi arguments are built.
+def test_gaudi_config_ships_in_the_package_with_three_keys():
+    assert os.path.dirname(DEFAULT_GAUDI_CONFIG) == os.path.join(ROOT, "bridgetower_gaudi", "device")
+    with open(DEFAULT_GAUDI_CONFIG) as f:
+        assert json.load(f) == {"use_fused_adam": True, "use_fused_clip_norm": True, "use_torch_autocast": True}
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    assert "gaudi_config.json" in package_data["bridgetower_gaudi.device"]
+    assert not os.path.exists(os.path.join(ROOT, "run_scripts", "gaudi_config.json"))
+
+
+@pytest.fixture
+def gaudi_as_plain(monkeypatch):
+    """`--use_habana` parsed into BridgeTowerTrainingArguments (the Gaudi class needs Gaudi software)."""
+    monkeypatch.setattr(pretrain, "gaudi_training_arguments_class", lambda: BridgeTowerTrainingArguments)
+
+
+def test_use_habana_passes_the_gaudi_config_and_attention_before_the_arguments_are_built(tmp_path, gaudi_as_plain):
+    *_, args = pretrain.parse_args(["--use_habana", "--use_flash_attention", "--output_dir", str(tmp_path)])
+    assert args.gaudi_config_name == DEFAULT_GAUDI_CONFIG and args.attn_implementation == GAUDI_ATTENTION
+    *_, args = pretrain.parse_args(["--use_habana", "--gaudi_config_name", "mine.json", "--output_dir", str(tmp_path)])
+    assert args.gaudi_config_name == "mine.json" and args.attn_implementation is None
+
+
+# (2) Lazy mode: set by run_pretrain.py before torch is imported; refused clearly when switched off.
+def test_run_pretrain_sets_lazy_mode_before_torch_is_imported():
+    probe = (
+        "import importlib.abc, os, runpy, sys\n"
+        "seen = []\n"
+        "class Probe(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'torch' and not seen: seen.append(os.environ.get('PT_HPU_LAZY_MODE'))\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        f"sys.argv = ['run_pretrain.py', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({os.path.join(ROOT, 'run_scripts', 'run_pretrain.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('LAZY', seen)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PT_HPU_LAZY_MODE"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert "LAZY ['1']" in done.stdout, done.stderr[-2000:]
+
+
+def _gaudi_args(**overrides):
+    fields = dict(use_habana=True, use_lazy_mode=True, torch_compile=False, torch_compile_backend=None,
+                  mediapipe_dataloader=False, flash_attention_recompute=False, attn_implementation=None)  # fmt: skip
+    return SimpleNamespace(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize("value", ["0", None])
+def test_lazy_mode_without_the_environment_is_refused(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("PT_HPU_LAZY_MODE", raising=False)
+    else:
+        monkeypatch.setenv("PT_HPU_LAZY_MODE", value)
+    with pytest.raises(ValueError, match="PT_HPU_LAZY_MODE=1"):
+        device.check_gaudi_arguments(_gaudi_args())
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "1")
+    device.check_gaudi_arguments(_gaudi_args())
+
+
+# (7) A Gaudi machine without --use_habana is refused instead of training on the CPU.
+def test_hpu_machine_requires_use_habana(tmp_path, monkeypatch):
+    monkeypatch.setattr(device, "is_torch_hpu_available", lambda: True)
+    with pytest.raises(ValueError, match="add --use_habana"):
+        pretrain.parse_args(["--bf16", "--output_dir", str(tmp_path)])
+    *_, args = pretrain.parse_args(["--bf16", "--use_cpu", "--output_dir", str(tmp_path)])  # the CPU on purpose
+    assert args.use_cpu
+
+
+# (8) Every spelling of --use_habana, and a JSON file, choose the Gaudi arguments; without Gaudi software, the fix.
+@pytest.mark.parametrize("flags", [["--use_habana"], ["--use_habana=True"], ["--use_habana", "True"]])
+def test_use_habana_spellings_choose_gaudi_arguments(tmp_path, monkeypatch, flags):
+    monkeypatch.setattr(pretrain, "gaudi_training_arguments_class", _choose_gaudi)
+    with pytest.raises(ChoseGaudi):
+        pretrain.parse_args([*flags, "--output_dir", str(tmp_path)])
+
+
+def test_json_argument_file_chooses_gaudi_arguments(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "gaudi_training_arguments_class", _choose_gaudi)
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"use_habana": True, "output_dir": str(tmp_path)}))
+    with pytest.raises(ChoseGaudi):
+        pretrain.parse_args([str(path)])
+    path.write_text(json.dumps({"use_habana": False, "output_dir": str(tmp_path), "max_steps": 3}))
+    *_, args = pretrain.parse_args([str(path)])
+    assert not args.use_habana and args.max_steps == 3
+
+
+def test_use_habana_without_gaudi_software_says_what_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.main(["--use_habana", "--output_dir", str(tmp_path)])
+    message = str(exit_info.value)
+    assert "habana_frameworks" in message and "drop --use_habana" in message
+
+
+# (5) Towers: a kernel registered under a name serves CLIP, RoBERTa and BERT with each one's own scale.
+@pytest.mark.parametrize("backbone", ["roberta", "bert"])
+def test_registered_attention_serves_every_tower_with_the_right_scale(backbone):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        calls.append((type(module).__name__, query.shape[-1], kwargs["scaling"]))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    register_tower_attention("test_recording_sdpa", recording)
+    reference = BridgeTowerModel(tiny_config(text_backbone=backbone)).eval()
+    registered = BridgeTowerModel(tiny_config(text_backbone=backbone, attn_implementation="test_recording_sdpa")).eval()
+    registered.load_state_dict(reference.state_dict())
+    inputs = make_inputs(reference.config)
+    with torch.no_grad():
+        expected, got = reference(**inputs), registered(**inputs)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, rtol=1e-5, atol=1e-5)
+    towers = {name for name, _, _ in calls}
+    assert "CLIPAttention" in towers and any(backbone.capitalize() in name for name in towers)
+    assert all(scale == pytest.approx(head_dim**-0.5) for _, head_dim, scale in calls)
+
+
+# (9) optimum-habana's example flags.
+def test_example_flags_are_accepted_and_applied(tmp_path):
+    model_args, data_args, pretraining_args, args = pretrain.parse_args(
+        ["--output_dir", str(tmp_path), "--do_train", "--do_eval", "--max_train_samples", "8", "--max_eval_samples",
+         "4", "--freeze_vision_model", "--freeze_text_model", "--trust_remote_code", "True", "--synthetic_train_size",
+         "32", "--synthetic_eval_size", "16", "--max_seq_length", "16", "--report_to", "none"]
+    )  # fmt: skip
+    pretrain.apply_example_flags(model_args, pretraining_args, args)
+    assert pretraining_args.freeze_vision_tower and pretraining_args.freeze_text_tower
+    trainer = pretrain.build_trainer(model_args, data_args, pretraining_args, args)
+    pretrain.limit_samples(trainer, args)
+    assert len(trainer.train_dataset) == 8 and len(trainer.eval_dataset) == 4
+    assert (
+        len(trainer.get_train_dataloader()) == 8 // args.per_device_train_batch_size
+        or args.per_device_train_batch_size > 8
+    )
+
+
+def test_hub_flags_download_at_the_revision_into_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)) or str(tmp_path / repo)
+    )
+    model_args = SimpleNamespace(model_name_or_path=None, vision_model_name_or_path="org/clip",
+                                 text_model_name_or_path=str(tmp_path), tokenizer_name=None)  # fmt: skip
+    pretrain.resolve_hub_models(model_args, str(tmp_path / "cache"), "v1", "secret")
+    assert calls == [("org/clip", {"revision": "v1", "cache_dir": str(tmp_path / "cache"), "token": "secret"})]
+    assert model_args.vision_model_name_or_path == str(tmp_path / "org/clip")
+    assert model_args.text_model_name_or_path == str(tmp_path)  # local paths stay
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--do_predict"], "--do_predict"), (["--image_processor_name", "openai/clip"], "--image_processor_name")],
+)
+def test_example_flags_we_cannot_honour_are_refused(tmp_path, flags, message):
+    model_args, _, pretraining_args, args = pretrain.parse_args(["--output_dir", str(tmp_path), *flags])
+    with pytest.raises(ValueError, match=message):
+        pretrain.apply_example_flags(model_args, pretraining_args, args)
+
+
+def test_mediapipe_dataloader_is_refused_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "1")
+    with pytest.raises(ValueError, match="media-pipe"):
+        device.check_gaudi_arguments(_gaudi_args(mediapipe_dataloader=True))
+    *_, args = pretrain.parse_args(["--output_dir", str(tmp_path), "--mediapipe_dataloader"])
+    with pytest.raises(ValueError, match="only work on Gaudi"):
+        device.resolve_training_arguments(args)
+
+
+def test_gaudi_example_flags_parse_on_every_device(tmp_path):
+    flags = ["--sdp_on_bf16", "--pipelining_fwd_bwd", "--non_blocking_data_copy", "--adjust_throughput",
+             "--distribution_strategy", "fast_ddp", "--cache_dir", "c", "--model_revision", "r",
+             "--token", "t"]  # fmt: skip
+    *_, args = pretrain.parse_args(["--output_dir", str(tmp_path), *flags])
+    assert args.sdp_on_bf16 and args.distribution_strategy == "fast_ddp" and args.model_revision == "r"
+
+
+# (6) DeepSpeed: optimum-habana's Gaudi ZeRO settings; Habana's fork, never upstream's pin, on Gaudi.
+def test_deepspeed_configs_follow_optimum_habanas_gaudi_configs():
+    def zero(stage):
+        with open(os.path.join(ROOT, "run_scripts", f"ds_zero{stage}.json")) as f:
+            return json.load(f)["zero_optimization"]
+
+    assert zero(1) == {"stage": 1}
+    assert zero(2) == {"stage": 2, "overlap_comm": False, "reduce_scatter": False, "contiguous_gradients": False}
+    assert zero(3)["overlap_comm"] and zero(3)["contiguous_gradients"]
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        hpu_extra = tomllib.load(f)["project"]["optional-dependencies"]["hpu"]
+    assert not any(dep.startswith("deepspeed") for dep in hpu_extra)
+    for path in ("Dockerfile", os.path.join("run_scripts", "setup.sh"), "README.md"):
+        with open(os.path.join(ROOT, path)) as f:
+            assert "git+https://github.com/HabanaAI/DeepSpeed.git@" in f.read(), path
+
+
+# (10) setup.sh --hpu keeps the image's torch / habana packages through a constraints file.
+def test_setup_hpu_pins_the_installed_torch_and_habana_packages(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, SETUP_DRY_RUN="1", SETUP_CONSTRAINTS=str(tmp_path / "c.txt"))
+    done = subprocess.run(["bash", os.path.join(ROOT, "run_scripts", "setup.sh"), "--hpu"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    constraints = (tmp_path / "c.txt").read_text().lower().split()
+    assert f"torch=={torch.__version__}".lower() in constraints
+    assert "-c" in done.stdout and ".[hpu]" in done.stdout
+
+
+# Docker smoke command works on CPU too.
+def test_device_report_runs_on_cpu():
+    done = subprocess.run([sys.executable, "-m", "bridgetower_gaudi.device"], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PT_HPU_LAZY_MODE="1"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "backend: cpu" in done.stdout and "lazy_mode: on" in done.stdout and "synapse:" in done.stdout

@@ -14,6 +14,9 @@ from bridgetower_gaudi import PRESETS, BridgeTowerConfig
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
+# The LayerNorm epsilons transformers' BridgeTower uses (ours default to the official 1e-12 in the cross-modal layers
+# and the MLM transform): with these, our models compute exactly what transformers' do.
+TRANSFORMERS_EPS = dict(cross_modal_layer_norm_eps=1e-5, mlm_head_layer_norm_eps=1e-5)
 
 
 def tiny_config(**overrides) -> BridgeTowerConfig:

@@ -5,7 +5,7 @@ import torch
 import transformers
 
 import bridgetower_gaudi as btg
-from tests.conftest import make_inputs, tiny_config, tiny_hf_config
+from tests.conftest import TRANSFORMERS_EPS, make_inputs, tiny_config, tiny_hf_config
 
 HEADS = ["BridgeTowerForMaskedLM", "BridgeTowerForImageAndTextRetrieval", "BridgeTowerForContrastiveLearning"]
 TOLERANCE = 1e-4
@@ -31,7 +31,7 @@ def test_transformers_checkpoint_loads_with_same_logits(tmp_path, head, link_tow
 
 @pytest.mark.parametrize("head", HEADS)
 def test_our_checkpoint_loads_in_transformers_with_same_logits(tmp_path, head):
-    ours = getattr(btg, head)(tiny_config())
+    ours = getattr(btg, head)(tiny_config(**TRANSFORMERS_EPS))
     ours.save_pretrained(tmp_path / "ours")
 
     reference, info = getattr(transformers, head).from_pretrained(tmp_path / "ours", output_loading_info=True)
@@ -86,6 +86,18 @@ def test_unrepresentable_configs_save_in_our_layout_and_refuse_export(tmp_path, 
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     inputs = make_inputs(model.config)
     assert torch.equal(_logits(model, inputs), _logits(reloaded, inputs))
+
+
+def test_official_epsilons_export_with_a_warning_and_reload_exactly(tmp_path, caplog):
+    ours = btg.BridgeTowerForMaskedLM(tiny_config())  # cross-modal / MLM-transform LayerNorm eps 1e-12
+    ours.save_pretrained(tmp_path)
+    assert "transformers will load it but compute with cross-modal LayerNorm eps 1e-12" in caplog.text
+
+    reference = transformers.BridgeTowerForMaskedLM.from_pretrained(tmp_path)
+    back = btg.BridgeTowerForMaskedLM.from_pretrained(tmp_path)
+    inputs = make_inputs(ours.config, seed=1)
+    assert torch.equal(_logits(ours, inputs), _logits(back, inputs))
+    assert 0 < (_logits(ours, inputs) - _logits(reference, inputs)).abs().max() < 1e-2
 
 
 def test_saving_does_not_change_the_in_memory_config(tmp_path):

@@ -219,16 +219,73 @@ def test_whole_word_masking_masks_every_piece_of_a_word():
     assert chosen.any()
 
 
-def test_in_batch_negatives_never_pick_the_same_image():
-    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="in_batch")
-    image_ids = ["a", "a", "a", "b", "b", "c", "d", "d"]
-    for _ in range(200):
-        labels, index = collator.pair_in_batch(image_ids)
-        for i, (label, j) in enumerate(zip(labels.tolist(), index.tolist(), strict=True)):
-            assert (image_ids[j] == image_ids[i]) == (label == 1)
-            assert label == 0 or j == i
-    labels, _ = collator.pair_in_batch(["x"] * 4)
-    assert labels.tolist() == [1, 1, 1, 1]  # no other image to pair with: all positives
+def _itm_examples(image_ids, with_false_images=True):
+    """Examples whose image pixels encode their own index (row k is all k), false images all -1."""
+    examples = []
+    for k, image_id in enumerate(image_ids):
+        example = {"input_ids": torch.full((4,), 5), "attention_mask": torch.ones(4, dtype=torch.long)}
+        example.update(pixel_values=torch.full((3, 2, 2), float(k)), image_id=image_id)
+        if with_false_images:
+            example.update(false_pixel_values=torch.full((3, 2, 2), -1.0), false_image_id=f"other-{k}")
+        examples.append(example)
+    return examples
+
+
+@pytest.mark.parametrize("itm_negatives", ["dataset", "in_batch"])
+@pytest.mark.parametrize("reuse", [False, True], ids=["two_pass", "one_pass"])
+def test_itm_pairs_are_exactly_half_positive_and_negatives_are_other_images(itm_negatives, reuse):
+    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives=itm_negatives, reuse_image_features=reuse)
+    image_ids = ["a", "a", "b", "c", "d", "d", "e", "f"]
+    examples = _itm_examples(image_ids)
+    for _ in range(50):
+        batch = collator(examples)
+        labels = batch["itm_labels"]
+        assert labels.sum() == 4  # exactly half, in random positions
+        own = batch["pixel_values"][:, 0, 0, 0]
+        if reuse:  # rows of [the batch's images; data-set negatives]
+            pool = own if itm_negatives == "in_batch" else torch.cat([own, batch["itm_pixel_values"][:, 0, 0, 0]])
+            chosen = pool[batch["itm_image_index"]]
+        else:
+            chosen = batch["itm_pixel_values"][:, 0, 0, 0]
+        for i, label in enumerate(labels.tolist()):
+            if label == 1:
+                assert chosen[i] == i
+            elif itm_negatives == "dataset":
+                assert chosen[i] == -1  # the data set's image, never the batch's
+            else:
+                assert image_ids[int(chosen[i])] != image_ids[i]
+    first_labels = {tuple(collator(examples)["itm_labels"].tolist()) for _ in range(20)}
+    assert len(first_labels) > 1  # positions are random
+
+
+def test_itm_negatives_fall_back_to_the_batch_when_the_dataset_drew_the_same_image():
+    examples = _itm_examples(["a", "b", "c", "d"])
+    for example in examples:
+        example["false_image_id"] = example["image_id"]  # a streaming reader's first records
+    batch = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset", reuse_image_features=True)(examples)
+    negatives = (batch["itm_labels"] == 0).nonzero().flatten()
+    assert (batch["itm_image_index"][negatives] < 4).all()  # another image of the batch
+    assert (batch["itm_image_index"][negatives] != negatives).all()
+    assert len(batch["itm_pixel_values"]) == 2  # shapes stay static
+
+
+def test_itc_hard_negatives_get_a_mask_of_valid_pairs_and_no_labels():
+    image_ids = ["a", "a", "b", "c"]
+    batch = PretrainingCollator(synthetic_tokenizer(), itm_negatives="itc_hard")(_itm_examples(image_ids, False))
+    assert "itm_labels" not in batch
+    expected = torch.tensor([[x != y for y in image_ids] for x in image_ids])
+    assert torch.equal(batch["itm_negative_mask"], expected)
+
+
+def test_random_replacement_tokens_come_from_the_whole_vocabulary():
+    tokenizer = synthetic_tokenizer()
+    collator = PretrainingCollator(tokenizer, itm_negatives="none", mlm_probability=1.0)
+    input_ids = torch.full((4000, 8), tokenizer.convert_tokens_to_ids("red"))
+    masked, labels = collator.mask_tokens(input_ids, torch.ones_like(input_ids))
+    replaced = masked[(masked != tokenizer.mask_token_id) & (masked != input_ids)]
+    # every id but "red" itself and <mask> (which cannot be told apart from masking here); specials included
+    expected = set(range(len(tokenizer))) - {tokenizer.convert_tokens_to_ids("red"), tokenizer.mask_token_id}
+    assert set(replaced.tolist()) == expected and tokenizer.pad_token_id in expected
 
 
 # --- bad records ---------------------------------------------------------------------------------------------------
@@ -271,7 +328,8 @@ def test_every_kind_of_bad_record_is_survived_and_counted(tmp_path):
     args = DataArguments(train_file=[str(tmp_path / "data.jsonl"), str(tmp_path / "bad.arrow")], dataset_format="auto")
     tokenizer = synthetic_tokenizer()
     dataset = build_dataset(args, tokenizer, 32, skip_log=log)
-    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=PretrainingCollator(tokenizer), drop_last=True)
+    collator = PretrainingCollator(tokenizer, itm_negatives="in_batch")
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collator, drop_last=True)
     batches = list(loader)
     assert all(b["pixel_values"].shape == (4, 3, 32, 32) and b["input_ids"].shape == (4, 50) for b in batches)
 
@@ -354,7 +412,7 @@ def test_static_shapes_hold_across_a_whole_epoch(itm_negatives):
         shuffle=True,
         num_workers=2,
         drop_last=True,
-        collate_fn=PretrainingCollator(tokenizer, itm_negatives=itm_negatives),
+        collate_fn=PretrainingCollator(tokenizer, itm_negatives=itm_negatives, reuse_image_features=True),
     )
     shapes = {tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())) for batch in loader}
     assert len(shapes) == 1 and len(list(loader)) == 70 // 8
@@ -368,9 +426,10 @@ def test_transforms_give_the_requested_size_and_normalisation():
         pretrain[:, 0, 0],
         (1 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
     )
-    finetune = ImageTransform(64, "finetune", flip=False, seed=0)
-    assert {finetune(color_image(i, (90, 70))).shape for i in range(20)} == {(3, 64, 64)}
-    with pytest.raises(ValueError, match="pretrain"):
+    for mode in ("blip", "blip_randaug_wc", "blip_randaug_wohf"):
+        transform = ImageTransform(64, mode, seed=0)
+        assert {transform(color_image(i, (90, 70))).shape for i in range(20)} == {(3, 64, 64)}, mode
+    with pytest.raises(ValueError, match="blip_randaug_wc"):
         ImageTransform(64, "train")
 
 
@@ -388,9 +447,10 @@ def test_deterministic_masking_depends_only_on_seed_and_batch():
     examples = [
         build_dataset(DataArguments(synthetic_train_size=8, max_seq_length=16), tokenizer, 32)[i] for i in range(8)
     ]
-    first = PretrainingCollator(tokenizer, seed=3)(examples)
+    collator = PretrainingCollator(tokenizer, itm_negatives="in_batch", reuse_image_features=True, seed=3)
+    first = collator(examples)
     torch.manual_seed(123)  # the global stream must not matter
-    second = PretrainingCollator(tokenizer, seed=3)(examples)
+    second = collator(examples)
     for key in ("input_ids", "labels", "itm_labels", "itm_image_index"):
         assert torch.equal(first[key], second[key]), key
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .collator import ITM_NEGATIVES
 from .dataset import ExampleBuilder, ImageTextDataset, StreamingImageTextDataset, check_readable
-from .images import ImageTransform
+from .images import TRANSFORM_ALIASES, TRANSFORMS, ImageTransform, evaluation_transform
 from .records import SkipLog
 from .sources import (
     ArrowSource,
@@ -39,9 +40,21 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "Stream records instead of random access."})
     max_seq_length: int = field(default=50, metadata={"help": "Every caption is padded / truncated to this."})
     image_size: int | None = field(default=None, metadata={"help": "Image side; default: the model's."})
-    image_transform: str = field(default="pretrain", metadata={"help": "pretrain or finetune (augmentation)."})
-    horizontal_flip: bool = field(default=True, metadata={"help": "Flip in finetune mode (off for VQA)."})
-    itm_negatives: str = field(default="in_batch", metadata={"help": "in_batch, dataset (as the paper) or none."})
+    image_transform: str = field(
+        default="clip",
+        metadata={
+            "help": "Training images, by the official transform key: clip (pre-training), blip_randaug_wc (fine-"
+            "tuning), blip_randaug_wohf (VQA: no flip) or blip. Evaluation uses clip after clip, blip (squash) else."
+        },
+    )
+    itm_negatives: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where ITM negatives come from: dataset (a random image of the data set, the official recipe; "
+            "the default), in_batch (another image of the batch: no extra image decoding) or itc_hard (sampled from "
+            "ITC similarities, both directions, positives : negatives = 1 : 2; the default with the itc objective)."
+        },
+    )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for MLM."})
     whole_word_masking: bool = field(default=False, metadata={"help": "Mask every piece of a chosen word."})
     synthetic_train_size: int = field(default=4096, metadata={"help": "Synthetic pairs for training."})
@@ -52,10 +65,15 @@ class DataArguments:
     skipped_records_file: str | None = field(default=None, metadata={"help": "Where skipped records are logged."})
 
     def __post_init__(self):
+        if self.image_transform not in {**TRANSFORMS, **TRANSFORM_ALIASES}:
+            raise DataConfigError(
+                f"--image_transform {self.image_transform!r}: choose one of {sorted(TRANSFORMS)} "
+                f"(or {sorted(TRANSFORM_ALIASES)})."
+            )
         if self.dataset_format not in FORMATS:
             raise DataConfigError(f"--dataset_format {self.dataset_format!r}: choose one of {FORMATS}.")
-        if self.itm_negatives not in ("in_batch", "dataset", "none"):
-            raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose in_batch, dataset or none.")
+        if self.itm_negatives is not None and self.itm_negatives not in ITM_NEGATIVES:
+            raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose one of {ITM_NEGATIVES[:3]}.")
         if self.dataset_format != "synthetic" and not (self.dataset_name or self.train_file or self.validation_file):
             raise DataConfigError(
                 f"--dataset_format {self.dataset_format} needs --train_file / --validation_file or --dataset_name."
@@ -150,10 +168,12 @@ def build_dataset(
     )
     if not sources:
         return None
-    mode = args.image_transform if train else "pretrain"
-    builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode, args.horizontal_flip), args.max_seq_length)
+    mode = args.image_transform if train else evaluation_transform(args.image_transform)
+    builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode), args.max_seq_length)
+    # Data-set negatives are drawn for training only: evaluation pairs images within the batch (see build_trainer).
+    negatives = (args.itm_negatives or "none") if train else "none"
     streaming = args.streaming or any(not isinstance(s, MapSource) for s in sources)
     check_readable(sources, builder)
     if streaming:
-        return StreamingImageTextDataset(sources, builder, skip_log, args.itm_negatives, rank, world_size)
-    return ImageTextDataset(sources, builder, skip_log, args.itm_negatives)
+        return StreamingImageTextDataset(sources, builder, skip_log, negatives, rank, world_size)
+    return ImageTextDataset(sources, builder, skip_log, negatives)

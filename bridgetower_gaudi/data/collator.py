@@ -15,39 +15,43 @@ import torch
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+ITM_NEGATIVES = ("dataset", "in_batch", "itc_hard", "none")
+
+
 @dataclass
 class PretrainingCollator:
     """MLM: `mlm_probability` of the non-special, non-pad tokens are chosen; of those 80% become the mask token,
-    10% a random token, 10% stay; `labels` hold the original ids there and -100 elsewhere. With
-    `whole_word_masking`, all pieces of a chosen word are chosen (WordPiece "##" continuations; byte-level BPE
-    pieces without a leading "Ġ").
+    10% a random token of the whole vocabulary, 10% stay (transformers' DataCollatorForLanguageModeling, as the
+    official code); `labels` hold the original ids there and -100 elsewhere. With `whole_word_masking`, all pieces of
+    a chosen word are chosen (WordPiece "##" continuations; byte-level BPE pieces without a leading "Ġ").
 
-    ITM: `itm_negatives="in_batch"`: each example keeps its image or, with probability 0.5, takes another image of
-    the batch with a different image_id (`itm_image_index`, `itm_labels`); `"dataset"`: the dataset already drew
-    the negatives (`itm_pixel_values`); `"none"`: no ITM. `two_pass=True` sends in-batch negatives as
-    `itm_pixel_values` (the vision tower runs again, as the official step) instead of indices into the batch.
-    `negative_mask=True` adds `itm_negative_mask` (True where image j may be caption i's negative) for ITC-sampled
-    hard negatives.
+    ITM (`itm_negatives`), exactly half of each batch positive, in random positions (the official split):
+    - "dataset": a negative's image is the example's `false_pixel_values`, a random image of the data set (the
+      official recipe); if it happens to be the example's own image, another image of the batch is used.
+    - "in_batch": a negative's image is another image of the batch (a different image_id).
+    - "itc_hard": no pairing here; `itm_negative_mask` (True where image j may be caption i's negative) lets the
+      model draw ITC-sampled hard negatives.
+    - "none": no ITM.
+    With `reuse_image_features` ITM images that are the batch's own are sent as indices (`itm_image_index`, rows of
+    the MLM pass's image features) and only data-set negatives as `itm_pixel_values`; without it, every ITM image
+    goes through the vision tower again (`itm_pixel_values`, the official two-pass step).
     """
 
     tokenizer: object
     mlm_probability: float = 0.15
     whole_word_masking: bool = False
-    itm_negatives: str = "in_batch"
-    itm_negative_probability: float = 0.5
+    itm_negatives: str = "dataset"
+    reuse_image_features: bool = False
     mlm: bool = True
-    two_pass: bool = False
-    negative_mask: bool = False
     seed: int | None = None
 
     def __post_init__(self):
+        if self.itm_negatives not in ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives={self.itm_negatives!r}: choose one of {ITM_NEGATIVES}.")
         self.special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
-        vocab = len(self.tokenizer)
-        regular = torch.ones(vocab, dtype=torch.bool)
-        regular[self.special_ids[self.special_ids < vocab]] = False
-        self.regular_ids = regular.nonzero().flatten()
+        self.vocab_size = len(self.tokenizer)
         if self.whole_word_masking:
-            tokens = [t or "" for t in self.tokenizer.convert_ids_to_tokens(list(range(vocab)))]
+            tokens = [t or "" for t in self.tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))]
             byte_level = any(t.startswith("Ġ") for t in tokens)
             self.continues_word = torch.tensor(
                 [t.startswith("##") or (byte_level and not t.startswith("Ġ")) for t in tokens]
@@ -64,19 +68,47 @@ class PretrainingCollator:
             batch["input_ids"], batch["labels"] = self.mask_tokens(
                 batch["input_ids"], batch["attention_mask"], generator
             )
-        if self.itm_negatives == "in_batch":
-            image_ids = [e["image_id"] for e in examples]
-            batch["itm_labels"], index = self.pair_in_batch(image_ids, generator)
-            if self.two_pass:
-                batch["itm_pixel_values"] = batch["pixel_values"][index]
-            else:
-                batch["itm_image_index"] = index
-            if self.negative_mask:
-                batch["itm_negative_mask"] = torch.tensor([[a != b for b in image_ids] for a in image_ids])
-        elif self.itm_negatives == "dataset":
-            batch["itm_labels"] = torch.tensor([e["itm_label"] for e in examples])
-            batch["itm_pixel_values"] = torch.stack([e["itm_pixel_values"] for e in examples])
+        image_ids = [e["image_id"] for e in examples]
+        if self.itm_negatives in ("dataset", "in_batch"):
+            batch.update(self.pair_images(examples, batch["pixel_values"], image_ids, generator))
+        elif self.itm_negatives == "itc_hard":
+            batch["itm_negative_mask"] = torch.tensor([[a != b for b in image_ids] for a in image_ids])
         return batch
+
+    def pair_images(self, examples, pixel_values, image_ids, generator=None) -> dict:
+        """itm_labels and the ITM images (see the class doc)."""
+        size = len(image_ids)
+        labels = torch.ones(size, dtype=torch.long)
+        labels[size // 2 :] = 0
+        labels = labels[torch.randperm(size, generator=generator)]
+        from_dataset = self.itm_negatives == "dataset"
+        if from_dataset and "false_pixel_values" not in examples[0]:
+            raise ValueError(
+                "itm_negatives='dataset' needs examples with a data-set negative (false_pixel_values): build the "
+                "dataset with DataArguments(itm_negatives='dataset'), or pair within the batch "
+                "(itm_negatives='in_batch')."
+            )
+        index = torch.arange(size)  # into [batch images; data-set negatives]
+        negatives = (labels == 0).nonzero().flatten()
+        for k, i in enumerate(negatives.tolist()):
+            if from_dataset and examples[i]["false_image_id"] != image_ids[i]:
+                index[i] = size + k
+                continue
+            others = [j for j in range(size) if image_ids[j] != image_ids[i]]
+            if others:
+                index[i] = others[int(torch.randint(len(others), (1,), generator=generator))]
+            else:  # every image of the batch is this caption's: it stays a positive
+                labels[i] = 1
+        pool = pixel_values
+        if from_dataset:
+            false_images = torch.stack([examples[i]["false_pixel_values"] for i in negatives.tolist()])
+            pool = torch.cat([pixel_values, false_images])
+        if self.reuse_image_features:
+            out = {"itm_labels": labels, "itm_image_index": index}
+            if from_dataset:
+                out["itm_pixel_values"] = false_images
+            return out
+        return {"itm_labels": labels, "itm_pixel_values": pool[index]}
 
     def candidates(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
@@ -94,9 +126,7 @@ class PretrainingCollator:
         masked = input_ids.clone()
         masked[chosen & (draw < 0.8)] = self.tokenizer.mask_token_id
         random_positions = chosen & (draw >= 0.8) & (draw < 0.9)
-        masked[random_positions] = self.regular_ids[
-            torch.randint(len(self.regular_ids), (int(random_positions.sum()),), generator=generator)
-        ]
+        masked[random_positions] = torch.randint(self.vocab_size, (int(random_positions.sum()),), generator=generator)
         return masked, labels
 
     def _extend_to_whole_words(self, input_ids, candidates, chosen):
@@ -109,15 +139,3 @@ class PretrainingCollator:
         for column in range(1, input_ids.shape[1]):
             chosen[:, column] = torch.where(continues[:, column], chosen[:, column - 1], chosen[:, column])
         return chosen & candidates
-
-    def pair_in_batch(self, image_ids: list[str], generator=None):
-        size = len(image_ids)
-        index = torch.arange(size)
-        labels = torch.ones(size, dtype=torch.long)
-        negative = torch.rand(size, generator=generator) < self.itm_negative_probability
-        for i in negative.nonzero().flatten().tolist():
-            others = [j for j in range(size) if image_ids[j] != image_ids[i]]
-            if others:
-                index[i] = others[int(torch.randint(len(others), (1,), generator=generator))]
-                labels[i] = 0
-        return labels, index

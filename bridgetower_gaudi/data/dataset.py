@@ -14,6 +14,7 @@ import random
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .collator import ITM_NEGATIVES
 from .images import ImageTransform, decode_image
 from .records import BadRecord, RawRecord, SkipLog
 from .sources import DataConfigError
@@ -55,14 +56,14 @@ class ImageTextDataset(Dataset):
     """Map-style dataset over one or more random-access sources (mixed: every caption of every source is one
     example). A bad record is logged and replaced by the next readable one, so batches keep their shape.
 
-    `itm_negatives="dataset"` adds, with probability 0.5, a random other image of the data set (`itm_pixel_values`,
-    `itm_label` 0), as the paper's ITM; otherwise the collator pairs images within the batch."""
+    `itm_negatives="dataset"` adds to every example a random other image of the data set (`false_pixel_values`,
+    `false_image_id`), as the official dataset's `draw_false_image`; the collator decides which examples use it."""
 
     def __init__(
         self, sources, builder: ExampleBuilder, skip_log: SkipLog | None = None, itm_negatives: str = "in_batch"
     ):
-        if itm_negatives not in ("in_batch", "dataset", "none"):
-            raise DataConfigError(f"--itm_negatives {itm_negatives!r}: choose in_batch, dataset or none.")
+        if itm_negatives not in ITM_NEGATIVES:
+            raise DataConfigError(f"--itm_negatives {itm_negatives!r}: choose one of {ITM_NEGATIVES}.")
         self.sources, self.builder = list(sources), builder
         self.skip_log = skip_log or SkipLog()
         self.itm_negatives = itm_negatives
@@ -83,23 +84,19 @@ class ImageTextDataset(Dataset):
     def _example(self, index: int) -> dict:
         example = self.builder(self.record(index))
         if self.itm_negatives == "dataset":
-            example["itm_label"] = 1
-            example["itm_pixel_values"] = example["pixel_values"]
-            if random.random() < 0.5:
-                negative = self._other_image(example["image_id"])
-                if negative is not None:
-                    example["itm_label"], example["itm_pixel_values"] = 0, negative
+            example["false_image_id"], example["false_pixel_values"] = self._other_image(example)
         return example
 
-    def _other_image(self, image_id: str) -> torch.Tensor | None:
+    def _other_image(self, example: dict) -> tuple[str, torch.Tensor]:
+        """A random image of the data set other than the example's (its own if ten draws find none readable)."""
         for _ in range(10):
             try:
                 record = self.record(random.randrange(len(self)))
-                if record.image_id != image_id:
-                    return self.builder.image(record)
+                if record.image_id != example["image_id"]:
+                    return record.image_id, self.builder.image(record)
             except BadRecord as bad:
                 self.skip_log.record(bad)
-        return None
+        return example["image_id"], example["pixel_values"]
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
@@ -182,10 +179,10 @@ class StreamingImageTextDataset(IterableDataset):
                     self.skip_log.record(bad)
                     continue
                 if self.itm_negatives == "dataset":
-                    example["itm_label"], example["itm_pixel_values"] = 1, example["pixel_values"]
-                    others = [img for image_id, img in reservoir if image_id != example["image_id"]]
-                    if others and random.random() < 0.5:
-                        example["itm_label"], example["itm_pixel_values"] = 0, random.choice(others)
+                    others = [(i, img) for i, img in reservoir if i != example["image_id"]]
+                    # none yet (a reader's first records): the collator then takes another image of the batch
+                    false = random.choice(others) if others else (example["image_id"], example["pixel_values"])
+                    example["false_image_id"], example["false_pixel_values"] = false
                     reservoir.append((example["image_id"], example["pixel_values"]))
                     del reservoir[: -self.reservoir_size]
                 yield example

@@ -96,49 +96,68 @@ def random_resized_crop(
     return center_crop(resize_shortest_edge(image, size), size)
 
 
-def _shear(axis):
-    def apply(img, v):
-        matrix = (1, v, 0, 0, 1, 0) if axis == "x" else (1, 0, 0, v, 1, 0)
-        return img.transform(img.size, Image.AFFINE, matrix, fillcolor=(128, 128, 128))
-
-    return apply
+# The two augmentation policies of the official fine-tuning transforms, written on PIL because torchvision (and
+# timm, which needs it) does not import beside every torch build this package supports.
+def _affine(image: Image.Image, matrix, fill=None) -> Image.Image:
+    return image.transform(image.size, Image.AFFINE, matrix, fillcolor=fill)
 
 
-def _translate(axis):
-    def apply(img, v):
-        shift = v * (img.size[0] if axis == "x" else img.size[1])
-        matrix = (1, 0, shift, 0, 1, 0) if axis == "x" else (1, 0, 0, 0, 1, shift)
-        return img.transform(img.size, Image.AFFINE, matrix, fillcolor=(128, 128, 128))
-
-    return apply
+def _solarize_add(image: Image.Image, addition: float, threshold: int = 128) -> Image.Image:
+    shifted = np.clip(np.asarray(image, dtype=np.int32) + int(addition), 0, 255).astype(np.uint8)
+    return ImageOps.solarize(Image.fromarray(shifted), threshold)
 
 
-# RandAugment (Cubuk et al. 2020) ops: name -> (function(img, value), value at magnitude 10, signed)
-_RANDAUGMENT_OPS = {
-    "identity": (lambda img, v: img, 0.0, False),
-    "autocontrast": (lambda img, v: ImageOps.autocontrast(img), 0.0, False),
-    "equalize": (lambda img, v: ImageOps.equalize(img), 0.0, False),
-    "rotate": (lambda img, v: img.rotate(v, fillcolor=(128, 128, 128)), 30.0, True),
-    "solarize": (lambda img, v: ImageOps.solarize(img, 256 - v), 256.0, False),
-    "color": (lambda img, v: ImageEnhance.Color(img).enhance(1 + v), 0.9, True),
-    "posterize": (lambda img, v: ImageOps.posterize(img, max(1, 8 - int(v))), 4.0, False),
-    "contrast": (lambda img, v: ImageEnhance.Contrast(img).enhance(1 + v), 0.9, True),
-    "brightness": (lambda img, v: ImageEnhance.Brightness(img).enhance(1 + v), 0.9, True),
-    "sharpness": (lambda img, v: ImageEnhance.Sharpness(img).enhance(1 + v), 0.9, True),
-    "shear_x": (_shear("x"), 0.3, True),
-    "shear_y": (_shear("y"), 0.3, True),
-    "translate_x": (_translate("x"), 0.45, True),
-    "translate_y": (_translate("y"), 0.45, True),
+# randaug.py's RandAugment list: (op(image, value, sign), min, max); value = m / 30 * (max - min) + min.
+_RANDAUG_OPS = (
+    (lambda img, v, s: ImageOps.autocontrast(img), 0, 1),
+    (lambda img, v, s: ImageOps.equalize(img), 0, 1),
+    (lambda img, v, s: img.rotate(s * v), 0, 30),
+    (lambda img, v, s: ImageOps.posterize(img, max(1, int(v))), 0, 4),
+    (lambda img, v, s: ImageOps.solarize(img, v), 0, 256),
+    (lambda img, v, s: _solarize_add(img, v), 0, 110),
+    (lambda img, v, s: ImageEnhance.Color(img).enhance(v), 0.1, 1.9),
+    (lambda img, v, s: ImageEnhance.Contrast(img).enhance(v), 0.1, 1.9),
+    (lambda img, v, s: ImageEnhance.Brightness(img).enhance(v), 0.1, 1.9),
+    (lambda img, v, s: ImageEnhance.Sharpness(img).enhance(v), 0.1, 1.9),
+    (lambda img, v, s: _affine(img, (1, s * v, 0, 0, 1, 0)), 0.0, 0.3),
+    (lambda img, v, s: _affine(img, (1, 0, 0, s * v, 1, 0)), 0.0, 0.3),
+    (lambda img, v, s: _affine(img, (1, 0, s * v, 0, 1, 0)), 0.0, 100),
+    (lambda img, v, s: _affine(img, (1, 0, 0, 0, 1, s * v)), 0.0, 100),
+)
+
+
+def rand_augment(image: Image.Image, num_ops: int = 2, magnitude: int = 7, rng=random) -> Image.Image:
+    """The official `RandAugment(n, m)` (src/transforms/randaug.py): `num_ops` ops drawn with replacement from 14,
+    always applied, strength `magnitude` of 30; geometric ops take a random sign."""
+    for op, low, high in rng.choices(_RANDAUG_OPS, k=num_ops):
+        value = magnitude / 30 * (high - low) + low
+        image = op(image, value, -1 if rng.random() > 0.5 else 1)
+    return image
+
+
+_GREY = (128, 128, 128)
+# BLIP's RandomAugment ops as the official VQA transform lists them: op(image, level / 10, sign).
+_RANDOM_AUGMENT_OPS = {
+    "Identity": lambda img, f, s: img,
+    "AutoContrast": lambda img, f, s: ImageOps.autocontrast(img),
+    "Equalize": lambda img, f, s: ImageOps.equalize(img),
+    "Brightness": lambda img, f, s: ImageEnhance.Brightness(img).enhance(f * 1.8 + 0.1),
+    "Sharpness": lambda img, f, s: ImageEnhance.Sharpness(img).enhance(f * 1.8 + 0.1),
+    "ShearX": lambda img, f, s: _affine(img, (1, s * f * 0.3, 0, 0, 1, 0), _GREY),
+    "ShearY": lambda img, f, s: _affine(img, (1, 0, 0, s * f * 0.3, 1, 0), _GREY),
+    "TranslateX": lambda img, f, s: _affine(img, (1, 0, s * f * 10, 0, 1, 0), _GREY),
+    "TranslateY": lambda img, f, s: _affine(img, (1, 0, 0, 0, 1, s * f * 10), _GREY),
+    "Rotate": lambda img, f, s: img.rotate(s * f * 30, fillcolor=_GREY),
 }
 
 
-def rand_augment(image: Image.Image, num_ops: int = 2, magnitude: int = 9, rng=random) -> Image.Image:
-    for name in rng.sample(sorted(_RANDAUGMENT_OPS), num_ops):
-        op, max_value, signed = _RANDAUGMENT_OPS[name]
-        value = max_value * magnitude / 10
-        if signed and rng.random() < 0.5:
-            value = -value
-        image = op(image, value)
+def random_augment(image: Image.Image, num_ops: int = 2, level: int = 5, probability: float = 0.5, rng=random):
+    """The official VQA policy, BLIP's `RandomAugment(2, 5)`: `num_ops` of its 10 ops drawn with replacement, each
+    applied with `probability`, at `level` of 10 (at 5, brightness and sharpness are identities)."""
+    for name in rng.choices(sorted(_RANDOM_AUGMENT_OPS), k=num_ops):
+        sign = -1 if rng.random() > 0.5 else 1
+        if rng.random() <= probability:
+            image = _RANDOM_AUGMENT_OPS[name](image, level / 10, sign)
     return image
 
 
@@ -148,23 +167,48 @@ def to_normalized_tensor(image: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> to
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-class ImageTransform:
-    """`pretrain`: shortest-edge bicubic resize + center crop (the paper's pre-training); `finetune`: random resized
-    crop (0.5-1) + horizontal flip + RandAugment; `flip=False` for VQA, where left / right matter."""
+# The official transform keys (src/transforms) and what evaluation uses after each.
+TRANSFORMS = {
+    "clip": "resize the shortest edge + centre crop (pre-training, and its evaluation)",
+    "blip": "squash to size x size (fine-tuning evaluation and inference)",
+    "blip_randaug_wc": "random-resized-crop 0.5-1 + flip + RandAugment(2, 7) (fine-tuning: retrieval, SNLI-VE, NLVR2)",
+    "blip_randaug_wohf": "random-resized-crop 0.5-1 + RandomAugment(2, 5), no flip (VQA: left / right matter)",
+}
+TRANSFORM_ALIASES = {"pretrain": "clip", "finetune": "blip_randaug_wc", "finetune_vqa": "blip_randaug_wohf"}
 
-    def __init__(self, image_size: int = 288, mode: str = "pretrain", flip: bool = True, seed: int | None = None):
-        if mode not in ("pretrain", "finetune"):
-            raise ValueError(f"image transform mode {mode!r}: use 'pretrain' or 'finetune'.")
-        self.image_size, self.mode, self.flip = image_size, mode, flip
+
+def evaluation_transform(training_transform: str) -> str:
+    """The transform that evaluates a model trained with `training_transform`: `clip` after `clip`, else `blip`."""
+    name = TRANSFORM_ALIASES.get(training_transform, training_transform)
+    return "clip" if name == "clip" else "blip"
+
+
+class ImageTransform:
+    """One image pipeline for training, evaluation and inference (`BridgeTowerProcessor` calls it too), by the
+    official transform key (see `TRANSFORMS`; "pretrain" / "finetune" / "finetune_vqa" are aliases)."""
+
+    def __init__(self, image_size: int = 288, mode: str = "clip", seed: int | None = None):
+        name = TRANSFORM_ALIASES.get(mode, mode)
+        if name not in TRANSFORMS:
+            raise ValueError(
+                f"image transform {mode!r}: choose one of {sorted(TRANSFORMS)} (or {sorted(TRANSFORM_ALIASES)})."
+            )
+        self.image_size, self.mode = image_size, name
         # Without a seed the global `random` is used: DataLoader reseeds it in every worker.
         self.rng = random.Random(seed) if seed is not None else random
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        if self.mode == "pretrain":
-            image = center_crop(resize_shortest_edge(image, self.image_size), self.image_size)
+        size, rng = self.image_size, self.rng
+        if self.mode == "clip":
+            image = center_crop(resize_shortest_edge(image, size), size)
+        elif self.mode == "blip":
+            image = image.resize((size, size), Image.BICUBIC)
         else:
-            image = random_resized_crop(image, self.image_size, rng=self.rng)
-            if self.flip and self.rng.random() < 0.5:
-                image = ImageOps.mirror(image)
-            image = rand_augment(image, rng=self.rng)
+            image = random_resized_crop(image, size, rng=rng)
+            if self.mode == "blip_randaug_wc":
+                if rng.random() < 0.5:
+                    image = ImageOps.mirror(image)
+                image = rand_augment(image, rng=rng)
+            else:
+                image = random_augment(image, rng=rng)
         return to_normalized_tensor(image)

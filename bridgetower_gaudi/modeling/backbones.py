@@ -12,7 +12,8 @@ from transformers import AutoModel, CLIPVisionModel
 
 from .configuration import TEXT_BACKBONES, BridgeTowerConfig
 
-_DROP_KEYS = ("model_type", "architectures", "_name_or_path", "transformers_version", "auto_map")
+# tie_word_embeddings too: BERT / RoBERTa configs say True, the official MLM decoder is never tied.
+_DROP_KEYS = ("model_type", "architectures", "_name_or_path", "transformers_version", "auto_map", "tie_word_embeddings")
 
 
 def config_from_backbones(

@@ -71,12 +71,28 @@ def transformers_incompatibilities(config) -> list[str]:
         (config.cross_modal_num_attention_heads == text.num_attention_heads, "cross-modal heads != text heads"),
         (config.cross_modal_intermediate_size == text.intermediate_size, "cross-modal intermediate_size != text's"),
         (config.hidden_act == text.hidden_act, "cross-modal hidden_act != text hidden_act"),
-        (config.layer_norm_eps == text.layer_norm_eps, "cross-modal layer_norm_eps != text layer_norm_eps"),
     ]
     for ok, reason in checks:
         if not ok:
             reasons.append(reason)
     return reasons
+
+
+def transformers_numerical_differences(config) -> list[str]:
+    """What transformers' BridgeTower computes differently from ours on the same weights (LayerNorm epsilons it
+    cannot represent): the checkpoint still loads there, its outputs differ slightly."""
+    differences = []
+    if config.cross_modal_layer_norm_eps != config.text_config.layer_norm_eps:
+        differences.append(
+            f"cross-modal LayerNorm eps {config.cross_modal_layer_norm_eps:g} (transformers uses text_config."
+            f"layer_norm_eps {config.text_config.layer_norm_eps:g})"
+        )
+    if config.mlm_head_layer_norm_eps != config.layer_norm_eps:
+        differences.append(
+            f"MLM transform LayerNorm eps {config.mlm_head_layer_norm_eps:g} (transformers uses layer_norm_eps "
+            f"{config.layer_norm_eps:g})"
+        )
+    return differences
 
 
 def to_transformers_layout(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -111,6 +127,14 @@ def from_transformers_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, t
             continue
         converted[_rename_vision(key, to_theirs=False)] = tensor
     return converted
+
+
+def official_vision_name(key: str) -> str:
+    """A parameter name with the vision tower's part in the official / transformers (OpenAI-CLIP) naming; other
+    names unchanged. (q, k and v projections, fused there, keep our names.)"""
+    if match := _OURS_LN_SEPARATE.match(key):
+        return f"{match[1]}vision_model.visual.ln_separate.{match[2]}"
+    return _rename_vision(key, to_theirs=True)
 
 
 def _rename_vision(key: str, to_theirs: bool) -> str:

@@ -1,3 +1,4 @@
+# Copyright 2026 The bridgetower-gaudi authors. Licensed under the Apache License, Version 2.0.
 """BridgeTower configuration: transformers' `BridgeTowerConfig` plus the paper's design space.
 
 A config written by `transformers.BridgeTowerConfig` loads here unchanged, and ours loads in transformers
@@ -32,8 +33,23 @@ BRIDGE_VARIANTS = {
 TEXT_BACKBONES = ("roberta", "bert")
 
 
+# The official init_weights: every freshly initialised weight ~ N(0, 0.02 * initializer_factor), towers included.
+INITIALIZER_RANGE = 0.02
+# The official cross-modal layers and MLM transform are BERT layers built from a RoBERTa-style BertConfig whose
+# layer_norm_eps is BERT's default 1e-12; link towers and the first cross-modal LayerNorms use 1e-5.
+OFFICIAL_CROSS_MODAL_LAYER_NORM_EPS = 1e-12
+
+
 class BridgeTowerTextConfig(HFBridgeTowerTextConfig):
-    """The text tower (RoBERTa or BERT layout; which one is `BridgeTowerConfig.text_backbone`)."""
+    """The text tower (RoBERTa or BERT layout; which one is `BridgeTowerConfig.text_backbone`).
+
+    `tie_word_embeddings` defaults to False: the official MLM decoder is trained from scratch, never tied to the word
+    embeddings. (transformers' text config defaults to True, and its BridgeTowerForMaskedLM ties by it; a config file
+    that does not say is read with transformers' default, see `BridgeTowerConfig.from_dict`.)
+    """
+
+    def __init__(self, tie_word_embeddings: bool = False, **kwargs):
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
 class BridgeTowerVisionConfig(HFBridgeTowerVisionConfig):
@@ -83,8 +99,12 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         text_backbone: "roberta" (default, as transformers) or "bert": which transformers encoder the text tower is.
         cross_modal_num_attention_heads / cross_modal_intermediate_size: the cross-modal layers' shape. Default: the
             text tower's, which is what transformers uses (it ignores the top-level `num_attention_heads`).
-        contrastive_hidden_size / logit_scale_init_value: the ITC heads (transformers reads them from the hub
-            config; we give them the released checkpoints' values as defaults).
+        cross_modal_layer_norm_eps: LayerNorm epsilon inside the cross-modal layers (default 1e-12, the official
+            value; transformers uses `text_config.layer_norm_eps` there, which is what a transformers config loads as).
+        mlm_head_layer_norm_eps: LayerNorm epsilon of the MLM transform (default 1e-12, official; transformers uses
+            `layer_norm_eps`). `layer_norm_eps` (1e-5) is the link towers' and first cross-modal LayerNorms'.
+        contrastive_hidden_size / logit_scale_init_value: the ITC heads: projection size 256 and temperature 0.07
+            (logit scale ln(1/0.07)), the official values (the released ITC checkpoint says 512 in its config).
         pretraining_objectives: which objectives `BridgeTowerForPreTraining` trains ("itc" adds its heads).
         checkpoint_layout: set by `save_pretrained`: "transformers" when the weights are in transformers'
             layout, "bridgetower_gaudi" when the configuration cannot be represented there.
@@ -103,7 +123,9 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         cross_modal_intermediate_size: int | None = None,
         cross_modal_hidden_dropout_prob: float | None = None,
         cross_modal_attention_probs_dropout_prob: float | None = None,
-        contrastive_hidden_size: int = 512,
+        cross_modal_layer_norm_eps: float = OFFICIAL_CROSS_MODAL_LAYER_NORM_EPS,
+        mlm_head_layer_norm_eps: float = OFFICIAL_CROSS_MODAL_LAYER_NORM_EPS,
+        contrastive_hidden_size: int = 256,
         logit_scale_init_value: float = 2.6592,
         pretraining_objectives: tuple[str, ...] | list[str] = ("mlm", "itm"),
         checkpoint_layout: str = "transformers",
@@ -132,6 +154,8 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
             if cross_modal_attention_probs_dropout_prob is None
             else cross_modal_attention_probs_dropout_prob
         )
+        self.cross_modal_layer_norm_eps = cross_modal_layer_norm_eps
+        self.mlm_head_layer_norm_eps = mlm_head_layer_norm_eps
         self.contrastive_hidden_size = contrastive_hidden_size
         self.logit_scale_init_value = logit_scale_init_value
         self.checkpoint_layout = checkpoint_layout
@@ -140,11 +164,6 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
             raise ValueError(f"pretraining_objectives {sorted(unknown)} unknown: choose from mlm, itm, itc.")
         self.pretraining_objectives = list(pretraining_objectives)
 
-        if self.hidden_size % self.cross_modal_num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by cross_modal_num_attention_heads "
-                f"{self.cross_modal_num_attention_heads}."
-            )
         max_bridges = self.num_hidden_layers - 1
         self.num_bridges = max_bridges if num_bridges is None else num_bridges
         if not 0 <= self.num_bridges <= max_bridges:
@@ -159,6 +178,25 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
                 f"the towers have {text.num_hidden_layers} (text) and {self.num_vision_layers} (vision): "
                 "lower num_bridges or num_hidden_layers."
             )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Read a config file. Fields a file does not state get the value transformers' BridgeTower would use for it,
+        so a checkpoint written by transformers computes here exactly as there: a tied MLM decoder, and the
+        cross-modal / MLM-transform LayerNorm epsilons of `text_config.layer_norm_eps` / `layer_norm_eps`."""
+        config_dict = dict(config_dict)
+        text = dict(config_dict.get("text_config") or {})
+        text.setdefault("tie_word_embeddings", True)
+        config_dict["text_config"] = text
+        config_dict.setdefault("cross_modal_layer_norm_eps", text.get("layer_norm_eps", 1e-5))
+        config_dict.setdefault("mlm_head_layer_norm_eps", config_dict.get("layer_norm_eps", 1e-5))
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_diff_dict(self) -> dict:
+        # Always state tying: left out, a reader (transformers included) would fall back to its own default.
+        diff = super().to_diff_dict()
+        diff.setdefault("text_config", {})["tie_word_embeddings"] = self.text_config.tie_word_embeddings
+        return diff
 
     @property
     def num_vision_layers(self) -> int:

@@ -29,6 +29,11 @@ class CrossModalSelfAttention(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.cross_modal_num_attention_heads
+        if hidden % self.num_heads:  # checked here, not in the config: transformers' config accepts any size
+            raise ValueError(
+                f"hidden_size {hidden} is not divisible by cross_modal_num_attention_heads {self.num_heads}: "
+                "pick a head count that divides it."
+            )
         self.head_dim = hidden // self.num_heads
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
@@ -64,7 +69,7 @@ class ResidualOutput(nn.Module):
     def __init__(self, in_features: int, config: BridgeTowerConfig):
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.cross_modal_layer_norm_eps)
         self.dropout = nn.Dropout(config.cross_modal_hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

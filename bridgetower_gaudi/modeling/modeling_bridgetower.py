@@ -7,6 +7,7 @@ add `BridgeTowerForPreTraining` (MLM + ITM). Model code holds no device or paral
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,16 +20,20 @@ from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceC
 from transformers.models.bert.modeling_bert import BERT_SELF_ATTENTION_CLASSES
 from transformers.models.clip.modeling_clip import CLIPVisionTransformer
 from transformers.models.roberta.modeling_roberta import ROBERTA_SELF_ATTENTION_CLASSES
+from transformers.utils import logging
 
 from . import checkpoint_conversion
 from .bridges import BridgeLayer
-from .configuration import BridgeTowerConfig
+from .configuration import INITIALIZER_RANGE, BridgeTowerConfig
 from .layers import CrossModalLayer, attention_bias
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
 class BridgeTowerModelOutput(ModelOutput):
-    """As transformers': `hidden_states` = (text tower states, vision tower states, cross-modal (text, image) pairs)."""
+    """As transformers': `hidden_states` = (text tower states, vision tower states, cross-modal (text, image) pairs);
+    the vision tower's states are (sequence, batch, hidden) there, as transformers returns them."""
 
     text_features: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
@@ -73,6 +78,21 @@ class TowerOutput:
         mask = None if self.mask is None else self.mask.index_select(0, index)
         return TowerOutput(states, mask)
 
+    @staticmethod
+    def concat(first: TowerOutput, second: TowerOutput, num_top_layers: int) -> TowerOutput:
+        """The top `num_top_layers` states of two batches, one after the other."""
+        states = tuple(
+            torch.cat([a, b])
+            for a, b in zip(first.hidden_states[-num_top_layers:], second.hidden_states[-num_top_layers:], strict=True)
+        )
+        if first.mask is None and second.mask is None:
+            return TowerOutput(states, None)
+        masks = [
+            m if m is not None else torch.ones(h.shape[:2], dtype=torch.long, device=h.device)
+            for m, h in ((first.mask, first.hidden_states[-1]), (second.mask, second.hidden_states[-1]))
+        ]
+        return TowerOutput(states, torch.cat(masks))
+
 
 def patch_mask_from_pixel_mask(pixel_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, H, W) pixel mask -> (B, 1 + patches) token mask: a patch is kept if any of its pixels is real; CLS always."""
@@ -84,6 +104,8 @@ def patch_mask_from_pixel_mask(pixel_mask: torch.Tensor, patch_size: int) -> tor
 def _text_tower_config(config: BridgeTowerConfig, attn_implementation: str):
     tower_cls = RobertaConfig if config.text_backbone == "roberta" else BertConfig
     fields = {k: v for k, v in config.text_config.to_dict().items() if k not in ("model_type", "architectures")}
+    # One initialisation rule for every part (RoBERTa / BERT would otherwise use their own 0.02, blind to the factor).
+    fields["initializer_range"] = INITIALIZER_RANGE * config.text_config.initializer_factor
     tower = tower_cls(**fields)
     tower._attn_implementation = attn_implementation
     return tower
@@ -113,13 +135,16 @@ _LOADER_KWARGS = ("torch_dtype", "attn_implementation", "device_map", "low_cpu_m
 
 class BridgeTowerPreTrainedModel(PreTrainedModel):
     config_class = BridgeTowerConfig
+    # Learning-rate roles of the modules beside `bridgetower` (training.optimization.parameter_role).
+    _head_modules: tuple[str, ...] = ()
+    _base_rate_parameters: tuple[str, ...] = ()
     base_model_prefix = "bridgetower"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CrossModalLayer", "CLIPEncoderLayer", "RobertaLayer", "BertLayer"]
 
     def _init_weights(self, module: nn.Module):
-        std = 0.05 * self.config.initializer_factor  # as transformers' BridgeTower (0.02 stalls ITM on small models)
+        std = INITIALIZER_RANGE * self.config.initializer_factor  # the official init_weights
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             module.weight.data.normal_(mean=0.0, std=std)
             if module.bias is not None:
@@ -131,10 +156,10 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
             module.bias.data.zero_()
         elif isinstance(module, BridgeTowerMLMHead):
             module.bias.data.zero_()
-        elif isinstance(module, (BridgeTowerForContrastiveLearning, BridgeTowerForPreTraining)) and hasattr(
-            module, "logit_scale"
-        ):
+        elif isinstance(module, BridgeTowerForContrastiveLearning):
             module.logit_scale.data.fill_(self.config.logit_scale_init_value)
+        elif isinstance(module, BridgeTowerForPreTraining) and module.use_itc:
+            module.temperature.data.fill_(math.exp(-self.config.logit_scale_init_value))
         elif type(module).__name__ == "CLIPVisionEmbeddings":
             module.class_embedding.data.normal_(mean=0.0, std=std)
 
@@ -173,6 +198,12 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
             state_dict = self.state_dict() if state_dict is None else state_dict
             kwargs["state_dict"] = checkpoint_conversion.to_transformers_layout(state_dict, self.config)
         layout = "bridgetower_gaudi" if reasons else "transformers"
+        if not reasons and (differences := checkpoint_conversion.transformers_numerical_differences(self.config)):
+            logger.warning(
+                "saving in transformers' BridgeTower layout; transformers will load it but compute with "
+                "%s. bridgetower_gaudi loads it exactly.",
+                "; ".join(differences),
+            )
         previous, self.config.checkpoint_layout = self.config.checkpoint_layout, layout
         try:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -372,11 +403,13 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             if output_attentions:
                 attentions += ((text_attn, image_attn),)
         pooled = torch.cat([self.cross_modal_text_pooler(x_text), self.cross_modal_image_pooler(x_image)], dim=-1)
+        # transformers returns the vision tower's states sequence-first (its OpenAI-CLIP blocks run that way).
+        vision_states = tuple(h.transpose(0, 1) for h in image.hidden_states) if output_hidden_states else None
         return BridgeTowerModelOutput(
             text_features=x_text,
             image_features=x_image,
             pooler_output=pooled,
-            hidden_states=(text.hidden_states, image.hidden_states, cross_states) if output_hidden_states else None,
+            hidden_states=(text.hidden_states, vision_states, cross_states) if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
         )
 
@@ -425,7 +458,7 @@ class BridgeTowerPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.transform_act_fn = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.mlm_head_layer_norm_eps)
 
     def forward(self, hidden_states):
         return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
@@ -478,6 +511,7 @@ def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
     _tied_weights_keys = ["mlm_score.decoder.weight"]
+    _head_modules = ("mlm_score",)
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
@@ -524,11 +558,14 @@ class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
         result = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return result if return_dict is not False else result.to_tuple()
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
     """Image-text matching (ITM): `logits[:, 1]` scores "this text describes this image"."""
+
+    _head_modules = ("itm_score",)
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
@@ -569,13 +606,17 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
         result = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return result if return_dict is not False else result.to_tuple()
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
     """Image-text contrastive learning (ITC) between the text tower's [CLS], the vision tower's [CLS] (projected
     into the cross-modal space) and the cross-modal pooled output, as transformers' class. Hidden states are
     returned only when asked for."""
+
+    _head_modules = ("itc_text_head", "itc_image_head")  # itc_cross_modal_head: cross-modal rate, by its name
+    _base_rate_parameters = ("logit_scale",)
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
@@ -620,7 +661,10 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         bridgetower = self.bridgetower
         text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
         image = bridgetower.encode_image(pixel_values, pixel_mask)
-        outputs = bridgetower.fuse(text, image, 1, bool(output_attentions), bool(output_hidden_states))
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        outputs = bridgetower.fuse(text, image, 1, output_attentions, output_hidden_states)
         text_embeds = self.text_embeddings(text)
         image_embeds = self.image_embeddings(image)
         cross_embeds = F.normalize(self.itc_cross_modal_head(outputs.pooler_output), dim=-1)
@@ -640,7 +684,20 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return result if return_dict is not False else result.to_tuple()
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+
+def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(rows of every rank concatenated, this rank's index), gradients flowing back to each rank's own rows (as the
+    official `all_gather(..., sync_grads=True)`); the tensor itself and 0 outside distributed runs."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor, 0
+    if torch.distributed.get_world_size() == 1:
+        return tensor, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0), torch.distributed.get_rank()
 
 
 class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
@@ -648,16 +705,23 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
 
     - MLM: `input_ids` are the masked captions paired with their own images, `labels` the original tokens at
       masked positions (-100 elsewhere).
-    - ITM: the unmasked captions (recovered from `input_ids` and `labels`) paired with images: their own where
-      `itm_labels` is 1, another where it is 0. The other image is `itm_pixel_values` (a second vision-tower pass:
-      negatives drawn from the data set, as the official code) or row `itm_image_index[i]` of `pixel_values` (the
-      vision tower runs once; the MLM pass's image features are reused).
-    - ITC (when `config.pretraining_objectives` has "itc"): contrastive loss between the uni-modal text and image
-      [CLS] embeddings of the batch; with `itm_image_index` and `itm_negative_mask` (True where image j is a valid
-      negative for caption i), ITM negatives are re-drawn from softmax(ITC similarity): hard negatives, as ALBEF.
+    - ITM: the unmasked captions (recovered from `input_ids` and `labels`) paired with the images that
+      `itm_image_index` picks from the pool [the batch's own images; `itm_pixel_values`]: `itm_labels` says which
+      pairs match. Rows < batch size reuse the MLM pass's image features (the vision tower has no dropout, so they
+      equal a second pass); `itm_pixel_values` are encoded here (negatives drawn from the data set, or every ITM
+      image for the official two-pass step). Without `itm_image_index`, ITM pairs caption i with `itm_pixel_values[i]`.
+    - ITC (when `config.pretraining_objectives` has "itc"): the official contrastive loss between the text tower's
+      last [CLS] and the vision tower's last [CLS] after `ln_post`, each through its ITC head, features gathered
+      across ranks; temperature initialised at 0.07 and clamped to [0.001, 0.5]. With `itm_negative_mask` (True
+      where image j is a valid negative for caption i), ITM runs on ITC-sampled hard negatives instead: for each
+      pair one negative image for its text and one negative text for its image, drawn from softmax(similarity) of
+      the local batch, so ITM sees positives : negatives = 1 : 2 (ALBEF, the official `compute_itm_itc`).
     """
 
     _tied_weights_keys = ["mlm_score.decoder.weight"]
+    # Learning-rate roles (training.optimization.parameter_role), as the official `set_schedule`.
+    _head_modules = ("mlm_score", "itm_score", "itc_text_head", "itc_image_head")
+    _base_rate_parameters = ("temperature",)
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
@@ -668,28 +732,56 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         if self.use_itc:
             embed = config.contrastive_hidden_size
             self.itc_text_head = BridgeTowerContrastiveHead(config.text_config.hidden_size, embed)
-            self.itc_image_head = BridgeTowerContrastiveHead(config.hidden_size, embed)
-            self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+            self.itc_image_head = BridgeTowerContrastiveHead(config.vision_config.hidden_size, embed)
+            self.temperature = nn.Parameter(torch.tensor(math.exp(-config.logit_scale_init_value)))
         self.post_init()
+        for name in self.parameters_unused_by_objectives():
+            self.get_parameter(name).requires_grad_(False)
+
+    def parameters_unused_by_objectives(self) -> list[str]:
+        """Parameters no loss of `config.pretraining_objectives` reaches. They are frozen at construction, so DDP
+        needs no `find_unused_parameters` (GaudiTrainingArguments defaults it to False) and AdamW keeps no state."""
+        objectives = set(self.config.pretraining_objectives)
+        unused = []
+        if "mlm" not in objectives:
+            unused.append("mlm_score.")
+        if "itm" not in objectives:  # MLM reads the last layer's text stream: the last image stream feeds only ITM
+            last = self.config.num_hidden_layers - 1
+            unused += [
+                "itm_score.",
+                "bridgetower.cross_modal_text_pooler.",
+                "bridgetower.cross_modal_image_pooler.",
+                f"bridgetower.cross_modal_image_layers.{last}.",
+            ]
+        return [name for name, _ in self.named_parameters() if name.startswith(tuple(unused))]
 
     def get_output_embeddings(self):
         return self.mlm_score.decoder
 
     def _itc(self, text: TowerOutput, image: TowerOutput):
-        text_embeds = itc_text_embeddings(self.itc_text_head, text)
-        image_embeds = itc_image_embeddings(self.bridgetower, self.itc_image_head, image)
-        similarity = (text_embeds @ image_embeds.t()).float() * self.logit_scale.exp()
-        targets = torch.arange(similarity.shape[0], device=similarity.device)
-        loss = (F.cross_entropy(similarity, targets) + F.cross_entropy(similarity.t(), targets)) / 2
-        return loss, similarity.detach()
+        """ITC loss and the local (batch x batch) temperature-scaled similarities (image rows, text columns)."""
+        bridgetower = self.bridgetower
+        text_embeds = F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
+        last_cls = bridgetower._vision_layernorm(image.hidden_states[-1][:, 0], self.config.num_vision_layers)
+        image_embeds = F.normalize(self.itc_image_head(last_cls), dim=-1)
+        with torch.no_grad():
+            self.temperature.clamp_(0.001, 0.5)
+        all_text, rank = gather_with_grad(text_embeds)
+        all_image, _ = gather_with_grad(image_embeds)
+        batch = text_embeds.shape[0]
+        image_to_text = (image_embeds @ all_text.t()).float() / self.temperature
+        text_to_image = (text_embeds @ all_image.t()).float() / self.temperature
+        targets = torch.arange(batch, device=image_to_text.device) + batch * rank
+        loss = (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
+        local = slice(batch * rank, batch * (rank + 1))
+        return loss, image_to_text[:, local].detach(), text_to_image[:, local].detach()
 
     @staticmethod
-    def _hard_negatives(similarity, itm_labels, itm_image_index, itm_negative_mask):
-        weights = similarity.softmax(dim=-1) * itm_negative_mask.to(similarity.dtype)
-        has_candidate = weights.sum(dim=-1) > 0
-        drawn = torch.multinomial(weights.masked_fill(~has_candidate[:, None], 1.0), 1).squeeze(-1)
-        use = (itm_labels == 0) & has_candidate
-        return torch.where(use, drawn, itm_image_index)
+    def _draw_hard_negatives(similarity: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """One column per row, drawn from softmax(similarity) over the valid columns (any column if none is)."""
+        weights = similarity.softmax(dim=-1) * valid.to(similarity.dtype)
+        weights = weights.masked_fill(~(weights.sum(dim=-1, keepdim=True) > 0), 1.0)
+        return torch.multinomial(weights, 1).squeeze(-1)
 
     def forward(
         self,
@@ -706,9 +798,8 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         itm_negative_mask: torch.BoolTensor | None = None,
         return_dict: bool | None = None,
     ) -> BridgeTowerForPreTrainingOutput:
-        if itm_image_index is not None and itm_pixel_values is not None:
-            raise ValueError("pass either itm_image_index (in-batch negatives) or itm_pixel_values, not both.")
         bridgetower = self.bridgetower
+        top_layers = self.config.num_bridges + 1
         image = bridgetower.encode_image(pixel_values, pixel_mask)
 
         mlm_loss = mlm_logits = None
@@ -717,25 +808,44 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
             mlm_logits = self.mlm_score(bridgetower.fuse(masked_text, image).text_features)
             mlm_loss = _mlm_loss(mlm_logits, labels)
 
-        itc_loss = itm_loss = itm_logits = None
-        if itm_labels is not None or self.use_itc:
+        hard_negatives = self.use_itc and itm_negative_mask is not None
+        if itm_labels is None and not self.use_itc:
+            itm_loss = itm_logits = itc_loss = None
+        else:
             clean_ids = input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
             text = bridgetower.encode_text(clean_ids, attention_mask, token_type_ids)
+            itc_loss = itm_loss = itm_logits = None
             if self.use_itc:
-                itc_loss, similarity = self._itc(text, image)
-                if itm_labels is not None and itm_image_index is not None and itm_negative_mask is not None:
-                    itm_image_index = self._hard_negatives(similarity, itm_labels, itm_image_index, itm_negative_mask)
-        if itm_labels is not None:
-            if itm_pixel_values is not None:
-                itm_image = bridgetower.encode_image(itm_pixel_values, itm_pixel_mask)
-            elif itm_image_index is not None:
-                itm_image = image.index_select(itm_image_index, self.config.num_bridges + 1)
-            else:
-                itm_image = image
-            itm_logits = self.itm_score(bridgetower.fuse(text, itm_image).pooler_output)
-            itm_loss = F.cross_entropy(itm_logits.float(), itm_labels.to(itm_logits.device))
+                itc_loss, image_to_text, text_to_image = self._itc(text, image)
+            if hard_negatives:
+                batch = clean_ids.shape[0]
+                own = torch.arange(batch, device=clean_ids.device)
+                negative_image = self._draw_hard_negatives(text_to_image, itm_negative_mask)
+                negative_text = self._draw_hard_negatives(image_to_text, itm_negative_mask.t())
+                text_rows = torch.cat([own, own, negative_text])
+                image_rows = torch.cat([own, negative_image, own])
+                itm_text = text.index_select(text_rows, top_layers)
+                itm_image = image.index_select(image_rows, top_layers)
+                itm_labels = torch.cat([torch.ones_like(own), torch.zeros_like(own), torch.zeros_like(own)])
+            elif itm_labels is not None:
+                itm_text = text
+                itm_image = self._itm_images(image, itm_image_index, itm_pixel_values, itm_pixel_mask)
+            if itm_labels is not None:
+                itm_logits = self.itm_score(bridgetower.fuse(itm_text, itm_image).pooler_output)
+                itm_loss = F.cross_entropy(itm_logits.float(), itm_labels.to(itm_logits.device))
 
         losses = [part for part in (mlm_loss, itm_loss, itc_loss) if part is not None]
         loss = sum(losses) if losses else None
         result = BridgeTowerForPreTrainingOutput(loss, mlm_loss, itm_loss, itc_loss, mlm_logits, itm_logits)
-        return result if return_dict is not False else result.to_tuple()
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+    def _itm_images(self, image: TowerOutput, index, extra_pixel_values, extra_pixel_mask) -> TowerOutput:
+        """The ITM pass's images: rows `index` of [the batch's images; `extra_pixel_values`] (see the class doc)."""
+        top_layers = self.config.num_bridges + 1
+        if extra_pixel_values is None:
+            return image if index is None else image.index_select(index, top_layers)
+        extra = self.bridgetower.encode_image(extra_pixel_values, extra_pixel_mask)
+        if index is None:
+            return extra
+        return TowerOutput.concat(image, extra, top_layers).index_select(index, top_layers)

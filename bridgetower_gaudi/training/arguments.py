@@ -30,9 +30,14 @@ class ModelArguments:
 @dataclass
 class PretrainingArguments:
     objectives: str = field(default="mlm,itm", metadata={"help": "Comma-separated: mlm, itm, itc."})
-    pretrain_step: str = field(
-        default="one_pass",
-        metadata={"help": "one_pass: ITM reuses the MLM pass's image features; two_pass: the official two forwards."},
+    pretrain_step: str | None = field(
+        default=None,
+        metadata={
+            "help": "two_pass (default with dataset / in_batch negatives): the ITM images go through the vision "
+            "tower again, as the official step; one_pass: ITM reuses the MLM pass's image features and encodes only "
+            "data-set negatives (the vision tower has no dropout, so with dataset negatives this is the same "
+            "computation, faster). itc_hard negatives always reuse the ITC pass's features."
+        },
     )
     cross_modal_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for cross-modal parameters."})
     head_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for the MLM / ITM / ITC heads."})
@@ -43,7 +48,7 @@ class PretrainingArguments:
     )
 
     def __post_init__(self):
-        if self.pretrain_step not in ("one_pass", "two_pass"):
+        if self.pretrain_step not in (None, "one_pass", "two_pass"):
             raise ValueError(f"--pretrain_step {self.pretrain_step!r}: choose one_pass or two_pass.")
         unknown = set(self.objective_list) - {"mlm", "itm", "itc"}
         if unknown or not {"mlm", "itm"} & set(self.objective_list):
@@ -57,9 +62,47 @@ class PretrainingArguments:
         return [o.strip() for o in self.objectives.split(",") if o.strip()]
 
 
-# The paper's optimisation: AdamW (0.9, 0.98), eps 1e-8, weight decay 0.01, 10% warmup then linear decay to 0.
+def resolve_itm_recipe(pretraining_args: PretrainingArguments, data_args) -> None:
+    """Settle how ITM pairs are made, the one decision behind --objectives, --itm_negatives and --pretrain_step:
+    fill the defaults (the official recipe) and refuse combinations that cannot work, before anything is built."""
+    objectives = set(pretraining_args.objective_list)
+    negatives, step = data_args.itm_negatives, pretraining_args.pretrain_step
+    if "itm" not in objectives:
+        if negatives not in (None, "none"):
+            raise ValueError(f"--itm_negatives {negatives} needs itm in --objectives (given: {sorted(objectives)}).")
+        data_args.itm_negatives = "none"
+        pretraining_args.pretrain_step = step or "one_pass"
+        return
+    if negatives is None:
+        negatives = "itc_hard" if "itc" in objectives else "dataset"
+    if negatives == "none":
+        raise ValueError("--itm_negatives none: drop itm from --objectives instead.")
+    if negatives == "itc_hard":
+        if "itc" not in objectives:
+            raise ValueError(
+                "--itm_negatives itc_hard samples negatives from ITC similarities: add itc to --objectives "
+                "(--objectives mlm,itm,itc), or choose --itm_negatives dataset / in_batch."
+            )
+        if step == "two_pass":
+            raise ValueError(
+                "--itm_negatives itc_hard reuses the ITC pass's features for its ITM pairs; --pretrain_step two_pass "
+                "applies to dataset / in_batch negatives only: drop it."
+            )
+        step = "one_pass"
+    data_args.itm_negatives, pretraining_args.pretrain_step = negatives, step or "two_pass"
+
+
+# The paper's optimisation (the official set_schedule and Lightning trainer): AdamW (0.9, 0.98), eps 1e-8 (explicit:
+# GaudiTrainingArguments defaults to 1e-6), weight decay 0.01, 10% warmup then linear decay to 0, and no gradient
+# clipping (0 also turns off Gaudi's fused clip-norm and DeepSpeed's "gradient_clipping": "auto").
 # Put before the user's flags (later flags win), so GaudiTrainingArguments gets them too.
-PAPER_OPTIMIZER_FLAGS = ["--adam_beta2", "0.98", "--weight_decay", "0.01", "--warmup_ratio", "0.1"]
+PAPER_OPTIMIZER_FLAGS = [
+    "--adam_beta2", "0.98",
+    "--adam_epsilon", "1e-8",
+    "--weight_decay", "0.01",
+    "--warmup_ratio", "0.1",
+    "--max_grad_norm", "0",
+]  # fmt: skip
 
 # Flags that only mean something on Gaudi; off HPU they must stay at their defaults.
 HPU_ONLY_FLAGS = {
@@ -123,3 +166,5 @@ class BridgeTowerTrainingArguments(TrainingArguments, ExampleScriptArguments):
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper: 0.98)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorm)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warmup."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon (the paper: 1e-8)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none (the paper)."})

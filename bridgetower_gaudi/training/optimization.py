@@ -1,25 +1,55 @@
-"""AdamW parameter groups as the paper trains: no weight decay on biases and LayerNorms, and learning-rate
-multipliers for everything cross-modal and for the heads (the uni-modal towers keep the base rate)."""
+"""AdamW parameter groups as the official `set_schedule` (microsoft/BridgeTower, meter_utils.py) builds them, by
+parameter name:
+
+- learning rate: x `cross_modal_lr_multiplier` for every parameter whose name says "cross_modal" (transforms,
+  cross-modal layers, first-layer LayerNorms, link towers, poolers), x `head_lr_multiplier` for the model's heads
+  (each model class declares them in `_head_modules`), the base rate for everything else: both towers, the
+  token-type embeddings, the ITC temperature;
+- weight decay on every parameter but those whose official name contains one of `NO_DECAY` (biases and
+  LayerNorm / norm weights). The rule reads the vision tower under its official (OpenAI-CLIP) names, so, exactly
+  as officially, CLIP's `class_embedding`, position embeddings and its `ln_*` LayerNorm weights are decayed.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
-UNIMODAL_PREFIXES = ("bridgetower.text_model.", "bridgetower.vision_model.")
-HEAD_PREFIXES = ("mlm_score.", "itm_score.", "itc_", "logit_scale", "vqa_", "snli_", "nlvr2_")
+from ..modeling.checkpoint_conversion import official_vision_name
+
+NO_DECAY = (
+    "bias",
+    "LayerNorm.bias",
+    "LayerNorm.weight",
+    "norm.bias",
+    "norm.weight",
+    "norm1.bias",
+    "norm1.weight",
+    "norm2.bias",
+    "norm2.weight",
+)
+ROLES = ("base", "cross_modal", "head")
 
 
-def parameter_role(name: str) -> str:
-    """'unimodal', 'head' or 'cross_modal' (transforms, cross layers, bridges, poolers, type embeddings)."""
-    if name.startswith(UNIMODAL_PREFIXES):
-        return "unimodal"
-    if name.startswith(HEAD_PREFIXES):
+def parameter_role(model: nn.Module, name: str) -> str:
+    """'base', 'cross_modal' or 'head' for parameter `name` of `model` (see the module doc). A parameter of a module
+    the model class does not declare is an error, so a new head cannot fall into the base group unnoticed."""
+    if "cross_modal" in name:
+        return "cross_modal"
+    top = name.split(".")[0]
+    if model is model.base_model or top == model.base_model_prefix:
+        return "base"
+    if top in getattr(model, "_head_modules", ()):
         return "head"
-    return "cross_modal"
+    if top in getattr(model, "_base_rate_parameters", ()):
+        return "base"
+    raise ValueError(
+        f"{type(model).__name__} does not say which learning rate '{name}' gets: add {top!r} to the class's "
+        "_head_modules (head rate) or _base_rate_parameters (base rate)."
+    )
 
 
-def no_weight_decay(name: str, parameter: nn.Parameter) -> bool:
-    return parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or "layernorm" in name.lower()
+def applies_weight_decay(name: str) -> bool:
+    return not any(pattern in official_vision_name(name) for pattern in NO_DECAY)
 
 
 def freeze_towers(model: nn.Module, text: bool = False, vision: bool = False) -> None:
@@ -38,12 +68,12 @@ def parameter_groups(
     head_lr_multiplier: float = 5.0,
 ) -> list[dict]:
     """Groups of trainable parameters keyed by (role, decay); empty groups are left out (fused AdamW rejects them)."""
-    multipliers = {"unimodal": 1.0, "cross_modal": cross_modal_lr_multiplier, "head": head_lr_multiplier}
+    multipliers = {"base": 1.0, "cross_modal": cross_modal_lr_multiplier, "head": head_lr_multiplier}
     groups: dict[tuple[str, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        role, decay = parameter_role(name), not no_weight_decay(name, parameter)
+        role, decay = parameter_role(model, name), applies_weight_decay(name)
         group = groups.setdefault(
             (role, decay),
             {
@@ -55,10 +85,9 @@ def parameter_groups(
         )
         group["params"].append(parameter)
         group["names"].append(name)
-    order = {"unimodal": 0, "cross_modal": 1, "head": 2}  # base-rate group first: it is the one Trainer logs
-    return [
-        dict(g, role=role) for (role, _), g in sorted(groups.items(), key=lambda item: (order[item[0][0]], item[0][1]))
-    ]
+    # base-rate group first: it is the one Trainer logs
+    ordered = sorted(groups.items(), key=lambda item: (ROLES.index(item[0][0]), item[0][1]))
+    return [dict(group, role=role) for (role, _), group in ordered]
 
 
 def torch_param_groups(groups: list[dict]) -> list[dict]:

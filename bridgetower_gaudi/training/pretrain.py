@@ -29,7 +29,13 @@ from ..device import (
     trainer_class,
 )
 from ..modeling import PRESETS, BridgeTowerConfig, BridgeTowerForPreTraining
-from .arguments import PAPER_OPTIMIZER_FLAGS, BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments
+from .arguments import (
+    PAPER_OPTIMIZER_FLAGS,
+    BridgeTowerTrainingArguments,
+    ModelArguments,
+    PretrainingArguments,
+    resolve_itm_recipe,
+)
 from .optimization import freeze_towers
 from .trainer import PretrainingMetrics
 
@@ -176,17 +182,13 @@ def build_trainer(model_args, data_args, pretraining_args, args):
     args.dataloader_drop_last = True  # static shapes: every batch the same size (HPU graphs, compile)
     args.remove_unused_columns = False
     set_seed(args.seed)
+    resolve_itm_recipe(pretraining_args, data_args)
     tokenizer = load_tokenizer(model_args, data_args)
     model = build_model(model_args, pretraining_args, data_args, tokenizer)
     freeze_towers(model, pretraining_args.freeze_text_tower, pretraining_args.freeze_vision_tower)
     image_size = data_args.image_size or model.config.vision_config.image_size
 
     objectives = pretraining_args.objective_list
-    if "itm" not in objectives:
-        data_args.itm_negatives = "none"
-    if set(objectives) < {"mlm", "itm"} and args.ddp_find_unused_parameters is None:
-        # MLM alone leaves the last image stream and the ITM head unused (ITM alone the MLM head): DDP must know.
-        args.ddp_find_unused_parameters = True
     skip_log = SkipLog(_skip_log_path(data_args, args, "train"), fresh=True)
     eval_skip_log = SkipLog(_skip_log_path(data_args, args, "validation"), fresh=True)
     train_dataset = (
@@ -205,10 +207,20 @@ def build_trainer(model_args, data_args, pretraining_args, args):
         mlm_probability=data_args.mlm_probability,
         whole_word_masking=data_args.whole_word_masking,
         itm_negatives=data_args.itm_negatives,
+        reuse_image_features=pretraining_args.pretrain_step == "one_pass",
         mlm="mlm" in objectives,
-        two_pass=pretraining_args.pretrain_step == "two_pass",
-        negative_mask="itc" in objectives,
         seed=args.seed if data_args.deterministic_masking else None,
+    )
+    # Held-out figures must not depend on the training recipe: every recipe is evaluated on the same pairs (half
+    # matched, half with another image of the held-out set) and the same masks.
+    eval_collator = PretrainingCollator(
+        tokenizer,
+        mlm_probability=data_args.mlm_probability,
+        whole_word_masking=data_args.whole_word_masking,
+        itm_negatives="in_batch" if "itm" in objectives else "none",
+        reuse_image_features=True,
+        mlm="mlm" in objectives,
+        seed=args.seed,
     )
     metrics = PretrainingMetrics(objectives, synthetic_word_classes(tokenizer, data_args))
     args.label_names = metrics.label_names
@@ -218,6 +230,7 @@ def build_trainer(model_args, data_args, pretraining_args, args):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
+        eval_data_collator=eval_collator,
         processing_class=tokenizer,
         compute_metrics=metrics,
         preprocess_logits_for_metrics=metrics.preprocess,

@@ -66,8 +66,9 @@ class BridgeTowerTrainerMixin:
     """Shared by BridgeTowerTrainer (transformers) and GaudiBridgeTowerTrainer (optimum-habana)."""
 
     def __init__(self, *args, pretraining_args: PretrainingArguments | None = None, skip_log=None, eval_skip_log=None,
-                 **kwargs):  # fmt: skip
+                 eval_data_collator=None, **kwargs):  # fmt: skip
         self.pretraining_args = pretraining_args or PretrainingArguments()
+        self.eval_data_collator = eval_data_collator  # None: evaluate with the training collator
         self.skip_log, self.eval_skip_log = skip_log or SkipLog(), eval_skip_log or SkipLog()
         super().__init__(*args, **kwargs)
 
@@ -106,16 +107,21 @@ class BridgeTowerTrainerMixin:
 
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        collator = self.eval_data_collator or self.data_collator
         if isinstance(dataset, torch.utils.data.IterableDataset):
-            return self._streaming_loader(dataset, self.args.eval_batch_size)
-        return super().get_eval_dataloader(eval_dataset)
+            return self._streaming_loader(dataset, self.args.eval_batch_size, collator)
+        training_collator, self.data_collator = self.data_collator, collator  # Trainer builds loaders from it
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
 
-    def _streaming_loader(self, dataset, batch_size):
+    def _streaming_loader(self, dataset, batch_size, collator=None):
         workers = self.args.dataloader_num_workers
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            collate_fn=self.data_collator,
+            collate_fn=collator or self.data_collator,
             num_workers=workers,
             drop_last=self.args.dataloader_drop_last,
             pin_memory=self.args.dataloader_pin_memory,

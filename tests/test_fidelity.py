@@ -11,7 +11,13 @@ import transformers
 from PIL import Image
 
 import bridgetower_gaudi as btg
-from bridgetower_gaudi.data import DataArguments, ImageTransform, build_dataset, synthetic_tokenizer
+from bridgetower_gaudi.data import (
+    DataArguments,
+    ImageTransform,
+    PretrainingCollator,
+    build_dataset,
+    synthetic_tokenizer,
+)
 from bridgetower_gaudi.data.images import rand_augment, random_augment
 from bridgetower_gaudi.modeling import preset_config
 from bridgetower_gaudi.training.arguments import PAPER_OPTIMIZER_FLAGS, PretrainingArguments, resolve_itm_recipe
@@ -344,3 +350,54 @@ def test_augmentation_policies_draw_and_apply_ops_as_the_official_ones():
     assert random_augment(image, probability=0.0, rng=rng) is image  # each op applied with its probability only
     changed = sum(rand_augment(image, rng=rng).tobytes() != image.tobytes() for _ in range(40))
     assert changed >= 35  # two ops drawn with replacement, always applied (autocontrast of noise is a near no-op)
+
+
+def test_json_argument_files_get_the_paper_optimiser_settings_unless_they_say_otherwise(tmp_path):
+    import json
+
+    (tmp_path / "args.json").write_text(json.dumps({"output_dir": str(tmp_path), "max_grad_norm": 1.0}))
+    *_, args = parse_args([str(tmp_path / "args.json")])
+    assert args.max_grad_norm == 1.0 and args.adam_epsilon == 1e-8 and args.adam_beta2 == 0.98
+    assert args.warmup_ratio == 0.1 and args.weight_decay == 0.01
+
+
+def test_one_pass_with_data_set_negatives_computes_the_official_two_pass_step():
+    """CLIP's tower has no dropout: reusing the MLM pass's image features for the ITM positives changes nothing."""
+    tokenizer = synthetic_tokenizer()
+    data = DataArguments(synthetic_train_size=8, max_seq_length=16, itm_negatives="dataset")
+    dataset = build_dataset(data, tokenizer, 32)
+    examples = [dataset[i] for i in range(8)]
+    model = btg.BridgeTowerForPreTraining(tiny_config()).train()
+    results = []
+    for reuse in (False, True):
+        collator = PretrainingCollator(tokenizer, itm_negatives="dataset", reuse_image_features=reuse, seed=1)
+        batch = collator(examples)
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        results.append(
+            (batch, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    (two, two_loss, two_grads), (one, one_loss, one_grads) = results
+    assert len(two["itm_pixel_values"]) == 8 and len(one["itm_pixel_values"]) == 4  # half the images encoded again
+    assert torch.equal(two["itm_labels"], one["itm_labels"])
+    torch.testing.assert_close(one_loss, two_loss, rtol=1e-6, atol=1e-6)
+    assert one_grads.keys() == two_grads.keys()
+    for name in two_grads:
+        torch.testing.assert_close(one_grads[name], two_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_itc_features_are_gathered_across_ranks_with_their_gradients():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, os.path.join(root, "tests", "distributed_gather.py"), port],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("RANK")) == ["RANK 0 OK", "RANK 1 OK"]

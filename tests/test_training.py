@@ -248,3 +248,29 @@ def test_load_best_model_at_end_restores_every_weight(tmp_path):
     state = trainer.model.state_dict()
     vision = [k for k in saved if "vision_model." in k]
     assert vision and all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+def test_summary_line_reads_well_with_and_without_evaluation():
+    from bridgetower_gaudi.training.pretrain import summary_line
+
+    assert summary_line({"train_samples_per_second": 46.7}) == "bridgetower_gaudi: train 46.7 samples/s"
+    line = summary_line({"eval_itm_accuracy": 0.95, "train_samples_per_second": 46.7})
+    assert line == "bridgetower_gaudi: ITM accuracy 0.9500 | train 46.7 samples/s"
+
+
+def test_cpu_runs_leave_a_core_to_each_data_loader_worker(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from bridgetower_gaudi.device import share_cpu_cores_with_loader_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    args = SimpleNamespace(use_habana=False, use_cpu=True, dataloader_num_workers=10_000)
+    try:
+        torch.set_num_threads(2)
+        assert share_cpu_cores_with_loader_workers(args) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        assert share_cpu_cores_with_loader_workers(args) is None and torch.get_num_threads() == 2  # the user said
+    finally:
+        torch.set_num_threads(before)

@@ -34,6 +34,20 @@ def backend_name(args) -> str:
     return "cpu"
 
 
+def share_cpu_cores_with_loader_workers(args) -> int | None:
+    """On CPU, leave one core per data-loader worker: torch's intra-op threads otherwise fight the workers for the
+    same cores and every step waits on both. Not when OMP_NUM_THREADS says how many threads to use. Returns the
+    thread count set, or None."""
+    if backend_name(args) != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores - args.dataloader_num_workers)
+    if threads >= torch.get_num_threads():
+        return None
+    torch.set_num_threads(threads)
+    return threads
+
+
 def require_use_habana_on_hpu(use_habana: bool, use_cpu: bool) -> None:
     """On a Gaudi machine transformers would pick the HPU by itself, without GaudiTrainer, lazy mode or the Gaudi
     flags (and `--bf16` would move the run to the CPU): ask for `--use_habana` instead."""

@@ -808,16 +808,13 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
             mlm_logits = self.mlm_score(bridgetower.fuse(masked_text, image).text_features)
             mlm_loss = _mlm_loss(mlm_logits, labels)
 
-        hard_negatives = self.use_itc and itm_negative_mask is not None
-        if itm_labels is None and not self.use_itc:
-            itm_loss = itm_logits = itc_loss = None
-        else:
+        itc_loss = itm_loss = itm_logits = None
+        if itm_labels is not None or self.use_itc:
             clean_ids = input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
             text = bridgetower.encode_text(clean_ids, attention_mask, token_type_ids)
-            itc_loss = itm_loss = itm_logits = None
             if self.use_itc:
                 itc_loss, image_to_text, text_to_image = self._itc(text, image)
-            if hard_negatives:
+            if self.use_itc and itm_negative_mask is not None:  # ITC-sampled hard negatives
                 batch = clean_ids.shape[0]
                 own = torch.arange(batch, device=clean_ids.device)
                 negative_image = self._draw_hard_negatives(text_to_image, itm_negative_mask)

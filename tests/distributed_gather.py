@@ -1,0 +1,29 @@
+"""Two gloo processes: gather_with_grad returns every rank's rows and sends each rank the summed gradient of its own
+rows (as the official all_gather(sync_grads=True)). Run by test_fidelity.py."""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from bridgetower_gaudi.modeling.modeling_bridgetower import gather_with_grad
+
+
+def main(rank: int, world_size: int, port: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    local = torch.full((2, 3), float(rank + 1), requires_grad=True)
+    gathered, my_rank = gather_with_grad(local)
+    weights = torch.arange(gathered.numel(), dtype=torch.float).reshape(gathered.shape) * (rank + 1)
+    (gathered * weights).sum().backward()
+    # every rank's loss weights the rows of rank r by (index) * (loss rank + 1): summed over both losses, x3
+    expected = torch.arange(gathered.numel(), dtype=torch.float).reshape(gathered.shape)[2 * rank : 2 * rank + 2] * 3
+    ok = my_rank == rank and gathered.shape == (4, 3) and torch.equal(gathered[2:], torch.full((2, 3), 2.0))
+    ok = ok and torch.equal(local.grad, expected)
+    print(f"RANK {rank} {'OK' if ok else f'BAD {local.grad.tolist()} {expected.tolist()}'}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(main, args=(2, sys.argv[1]), nprocs=2)

@@ -115,3 +115,11 @@ class GaudiBridgeTowerTrainer(BridgeTowerTrainerMixin, GaudiTrainer):
             return super().log(logs, start_time, end_time)
         # GaudiTrainer.log reads HPU memory statistics; off HPU (the CPU contract test) log as transformers does.
         return Trainer.log(self, logs, start_time)
+
+
+def wrap_in_hpu_graph(module):
+    """`module` replayed as an HPU graph (inference in lazy mode: one capture per input shape, so callers keep shapes
+    static). Used by `bridgetower_gaudi.pipeline` on HPU only."""
+    from habana_frameworks.torch.hpu import wrap_in_hpu_graph as wrap
+
+    return wrap(module)

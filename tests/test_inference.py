@@ -1,0 +1,244 @@
+"""Inference end to end: a tiny checkpoint trained once on the synthetic shapes, then every `bridgetower-gaudi`
+command (through the CLI's `main`) and the pipeline: the right caption wins, the masked colour comes back, search
+finds the drawn shape, the image cache is reused and invalidated, bad files are skipped and named, errors are
+clear."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from bridgetower_gaudi import cli
+from bridgetower_gaudi.data.synthetic import COLORS, draw_shape, synthetic_attributes, synthetic_tokenizer
+from bridgetower_gaudi.modeling import BridgeTowerConfig, BridgeTowerForMaskedLM
+from bridgetower_gaudi.modeling.modeling_bridgetower import BridgeTowerModel
+from bridgetower_gaudi.pipeline import CACHE_DIR_NAME, BridgeTowerPipeline, PipelineError, checkpoint_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_STEPS = 600  # batch 64, in-batch negatives: ITM is learned by then (measured), MLM colours much earlier
+IMAGE_SIZE = 32  # the tiny preset's
+
+
+def caption(attributes: dict) -> str:
+    return f"a {attributes['color']} {attributes['shape']} on the {attributes['position']}"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from bridgetower_gaudi.training.pretrain import main
+
+    output_dir = tmp_path_factory.mktemp("inference") / "checkpoint"
+    main(
+        ["--config_name", "tiny", "--dataset_format", "synthetic", "--do_train", "--max_steps", str(TRAIN_STEPS),
+         "--per_device_train_batch_size", "64", "--max_seq_length", "16",
+         "--synthetic_train_size", str(64 * TRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
+         "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-4", "--dataloader_num_workers", "0",
+         "--seed", "0", "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    return str(output_dir)
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return BridgeTowerPipeline.from_pretrained(checkpoint, device="cpu")
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Synthetic shapes (held-out seed) written as PNG files: {path: attributes}."""
+    written = {}
+    for index in range(8):
+        attributes = synthetic_attributes(123, index)
+        path = tmp_path / f"shape{index}.png"
+        draw_shape(attributes, IMAGE_SIZE).save(path)
+        written[str(path)] = attributes
+    return written
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def count_image_tower(monkeypatch) -> list[int]:
+    """Images that went through the vision tower, counted at the model (under any caching)."""
+    seen = [0]
+    original = BridgeTowerModel.encode_image
+
+    def counting(self, pixel_values, *args, **kwargs):
+        seen[0] += pixel_values.shape[0]
+        return original(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(BridgeTowerModel, "encode_image", counting)
+    return seen
+
+
+def test_the_console_script_is_declared():
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        pyproject = f.read()
+    scripts = pyproject.split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    assert 'bridgetower-gaudi = "bridgetower_gaudi.cli:main"' in scripts
+
+
+@pytest.mark.slow
+def test_checkpoint_has_its_tokenizer_and_heads(checkpoint, pipe):
+    assert os.path.isfile(os.path.join(checkpoint, "tokenizer.json"))  # the trainer saved its processing_class
+    assert pipe.has_itm and pipe.has_mlm and not pipe.has_itc  # the default objectives: mlm, itm
+    assert pipe.max_length == 62  # 64 RoBERTa positions minus the two before the first token
+
+
+@pytest.mark.slow
+def test_score_prefers_the_right_caption(checkpoint, images, capsys):
+    for path, attributes in images.items():
+        # Colour is what a few hundred steps of in-batch negatives teach (shapes at 32 pixels come later).
+        texts = [caption(attributes)] + [
+            caption({**attributes, "color": c}) for c in COLORS if c != attributes["color"]
+        ]
+        code, out, _ = run_cli(
+            capsys, "score", "--model", checkpoint, "--device", "cpu", "--output", "json", path, *texts
+        )
+        assert code == 0
+        scores = [entry["itm"] for entry in json.loads(out)["scores"]]
+        assert scores[0] == max(scores), (texts, scores)
+    # The readable table names each caption with its probability.
+    code, out, _ = run_cli(capsys, "score", "--model", checkpoint, path, texts[0])
+    assert code == 0 and out.splitlines()[0].split() == ["text", "itm"] and texts[0] in out
+
+
+@pytest.mark.slow
+def test_fill_mask_returns_the_colour(checkpoint, pipe, images, capsys):
+    for path, attributes in images.items():
+        text = caption(attributes).replace(attributes["color"], "<mask>", 1)
+        tokens = [p["token"] for p in pipe.fill_mask(path, text, top=3)[0]]
+        assert attributes["color"] in tokens, (text, tokens)
+    code, out, _ = run_cli(capsys, "fill-mask", "--model", checkpoint, "--top", "2", "--output", "json", path, text)
+    predictions = json.loads(out)["predictions"][0]
+    assert code == 0 and len(predictions) == 2 and predictions[0]["token"] == attributes["color"]
+    assert predictions[0]["sequence"] == caption(attributes)
+
+
+def write_folder(folder, count: int = 24):
+    """A folder of shapes, with one target whose colour no other image has."""
+    target = synthetic_attributes(321, 0)
+    index, written = 1, 0
+    while written < count - 1:
+        attributes = synthetic_attributes(321, index)
+        index += 1
+        if attributes["color"] == target["color"]:
+            continue
+        os.makedirs(folder / f"sub{written % 3}", exist_ok=True)  # searched recursively
+        draw_shape(attributes, IMAGE_SIZE).save(folder / f"sub{written % 3}" / f"image{written}.png")
+        written += 1
+    draw_shape(target, IMAGE_SIZE).save(folder / "target.jpg", quality=95)
+    return target
+
+
+@pytest.mark.slow
+def test_search_finds_the_shape_and_caches_the_folder(checkpoint, pipe, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    target = write_folder(folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    tower = count_image_tower(monkeypatch)
+
+    code, out, _ = run_cli(capsys, "search", "--model", checkpoint, "--output", "json", folder, caption(target))
+    first = json.loads(out)
+    assert code == 0 and first["matches"][0]["path"] == "target.jpg", first["matches"]
+    assert first["embedded"] == 24 and first["cached"] == 0 and tower[0] == 24
+    assert first["skipped"] == [{"path": "broken.png", "reason": "corrupt_image"}]
+    assert "ITM over all 24" in first["ranked_by"]  # no ITC head: said so
+
+    # A second query over the same folder: no image goes through the tower; the readable output names the bad file.
+    code, out, _ = run_cli(capsys, "search", "--model", checkpoint, folder, "a blue circle on the left")
+    assert code == 0 and tower[0] == 24 and "0 images embedded, 24 from the cache" in out
+    assert "broken.png (corrupt_image)" in out
+
+    # One file changed, one added, one removed: exactly the two new ones are embedded; the removed one is gone.
+    draw_shape(synthetic_attributes(5, 5), IMAGE_SIZE).save(folder / "sub0" / "image0.png")
+    os.utime(folder / "sub0" / "image0.png", ns=(1, 1))  # a different mtime even on coarse file-system clocks
+    draw_shape(synthetic_attributes(5, 6), IMAGE_SIZE).save(folder / "new.png")
+    os.remove(folder / "sub1" / "image1.png")
+    result = pipe.search(str(folder), caption(target), top=30, progress=False)
+    assert (result.embedded, result.cached) == (2, 22) and tower[0] == 26
+    assert {m["path"] for m in result.matches} == {p for p in _images(folder)} - {"broken.png"}
+    assert result.matches[0]["path"] == "target.jpg"
+
+    # Only the cache directory was written.
+    assert sorted(os.listdir(folder)) == sorted(
+        [CACHE_DIR_NAME, "broken.png", "new.png", "sub0", "sub1", "sub2", "target.jpg"]
+    )
+
+
+def _images(folder) -> set[str]:
+    return {
+        os.path.relpath(os.path.join(root, name), folder)
+        for root, _, names in os.walk(folder)
+        if CACHE_DIR_NAME not in root
+        for name in names
+    }
+
+
+@pytest.mark.slow
+def test_captions_for_an_image(checkpoint, images, tmp_path, capsys):
+    path, attributes = next(iter(images.items()))
+    captions = [caption({**attributes, "color": c}) for c in ("red", "green", "blue", "yellow", "purple", "orange")]
+    (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
+    code, out, _ = run_cli(
+        capsys, "search", "--model", checkpoint, "--images-for", tmp_path / "captions.txt", "--output", "json", path
+    )
+    assert code == 0
+    assert json.loads(out)["matches"][0]["caption"] == caption(attributes)
+
+
+def test_vqa_says_no_head_exists_yet(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "vqa", "--model", tmp_path, "image.png", "what colour is it?")
+    assert code == 2 and "VQA head" in err
+
+
+@pytest.mark.slow
+def test_clear_errors(checkpoint, images, tmp_path, capsys):
+    image = next(iter(images))
+    code, _, err = run_cli(capsys, "score", "--model", tmp_path / "missing", image, "a red circle")
+    assert code == 2 and "no checkpoint folder" in err and "run_pretrain.py" in err
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, _, err = run_cli(capsys, "score", "--model", tmp_path / "bert", image, "a red circle")
+    assert code == 2 and "not BridgeTower" in err
+
+    # A masked-LM checkpoint has no ITM head: scoring says which head is missing and how to get one.
+    masked_lm = tmp_path / "masked-lm"
+    BridgeTowerForMaskedLM(BridgeTowerConfig.from_pretrained(checkpoint)).save_pretrained(masked_lm)
+    synthetic_tokenizer().save_pretrained(masked_lm)
+    code, _, err = run_cli(capsys, "score", "--model", masked_lm, image, "a red circle")
+    assert code == 2 and "no ITM head" in err and "--objectives" in err
+
+    long_caption = " ".join(["a red circle on the left"] * 11)  # 66 words + [CLS] [SEP] > 62 positions
+    code, _, err = run_cli(capsys, "score", "--model", checkpoint, image, long_caption)
+    assert code == 2 and "68 tokens" in err and "at most 62" in err
+    code, _, err = run_cli(
+        capsys, "score", "--model", checkpoint, "--max-length", "6", image, "a red circle on the left"
+    )
+    assert code == 2 and "--max-length up to 62" in err
+    code, _, err = run_cli(capsys, "score", "--model", checkpoint, "--max-length", "100", image, "a red circle")
+    assert code == 2 and "at most that" in err
+
+    (tmp_path / "broken.png").write_bytes(b"")
+    code, _, err = run_cli(capsys, "score", "--model", checkpoint, tmp_path / "broken.png", "a red circle")
+    assert code == 2 and "cannot read image" in err
+    with pytest.raises(PipelineError, match="no masked word"):
+        BridgeTowerPipeline.from_pretrained(checkpoint, device="cpu").fill_mask(image, "a red circle")
+
+
+@pytest.mark.slow
+def test_the_cache_key_follows_the_weights(checkpoint, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(checkpoint, copy)
+    key = checkpoint_key(str(copy), IMAGE_SIZE, "clip", "fp32")
+    assert key == checkpoint_key(str(copy), IMAGE_SIZE, "clip", "fp32")
+    assert key != checkpoint_key(str(copy), IMAGE_SIZE, "clip", "bf16")
+    os.utime(copy / "model.safetensors", ns=(1, 1))  # re-trained / re-saved weights
+    assert key != checkpoint_key(str(copy), IMAGE_SIZE, "clip", "fp32")

@@ -78,8 +78,8 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 
 def _score_columns(results: list[dict], key: str) -> tuple[list[str], list[list]]:
-    extra = ["itc"] if results and "itc" in results[0] else []
-    return [key, "itm", *extra], [[r[key], r["itm"], *(r[e] for e in extra)] for r in results]
+    scores = [name for name in ("itm", "itc") if results and name in results[0]]
+    return [key, *scores], [[r[key], *(r[name] for name in scores)] for r in results]
 
 
 def run(args) -> tuple[object, str]:

@@ -342,6 +342,13 @@ class BridgeTowerPipeline:
                 f"use a checkpoint trained with it (run_pretrain.py --objectives {objectives})."
             )
 
+    def _require_itm_or_itc(self, what: str) -> None:
+        if not (self.has_itm or self.has_itc):
+            raise PipelineError(
+                f"{self.model_dir!r} ({type(self.model).__name__}) has neither an ITM nor an ITC head, which {what} "
+                "needs: use a checkpoint trained with them (run_pretrain.py --objectives mlm,itm or mlm,itm,itc)."
+            )
+
     # --- public methods ---------------------------------------------------------------------------------------
     def score(self, images, texts):
         """ITM match probability (and ITC cosine similarity when the checkpoint has ITC heads) of every text with
@@ -349,20 +356,27 @@ class BridgeTowerPipeline:
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         texts = [texts] if isinstance(texts, str) else list(texts)
-        self._require("itm", "scoring")
+        self._require_itm_or_itc("scoring")
         text_states, text_mask = self.encode_texts(texts)
         image_states = self.encode_images(self._pixels(images))
         text_rows = [t for _ in images for t in range(len(texts))]
         image_rows = [i for i in range(len(images)) for _ in texts]
-        itm = self._itm(text_states, text_mask, image_states, text_rows, image_rows).view(len(images), len(texts))
-        itc = self._itc_similarity(text_states, image_states).t() if self.has_itc else None
-        results = [
-            [
-                {"text": text, "itm": float(itm[i, t]), **({"itc": float(itc[i, t])} if itc is not None else {})}
-                for t, text in enumerate(texts)
-            ]
-            for i in range(len(images))
-        ]
+        itm = itc = None
+        if self.has_itm:
+            itm = self._itm(text_states, text_mask, image_states, text_rows, image_rows).view(len(images), len(texts))
+        if self.has_itc:
+            itc = self._itc_similarity(text_states, image_states).t()
+        results = []
+        for i in range(len(images)):
+            row = []
+            for t, text in enumerate(texts):
+                entry = {"text": text}
+                if itm is not None:
+                    entry["itm"] = float(itm[i, t])
+                if itc is not None:
+                    entry["itc"] = float(itc[i, t])
+                row.append(entry)
+            results.append(row)
         return results[0] if single else results
 
     def fill_mask(self, images, texts, top: int = 5):
@@ -410,13 +424,16 @@ class BridgeTowerPipeline:
 
     def _rank(self, text_states, text_mask, image_states, candidates: int, text_side: bool, top: int):
         """(order, itm, itc): candidate indices best first, with their ITM probabilities and ITC similarities.
-        With ITC heads: ITC over all, ITM over the best `rerank`; else ITM over all."""
+        With ITC heads: ITC over all, ITM over the best `rerank`; else ITM over all; ITC alone without ITM (itm
+        then None)."""
         if self.has_itc:
             similarity = self._itc_similarity(text_states, image_states)  # texts x images
             itc = similarity[:, 0] if text_side else similarity[0]
             shortlist = itc.argsort(descending=True)[: max(top, self.rerank)].tolist()
         else:
             itc, shortlist = None, list(range(candidates))
+        if not self.has_itm:  # a contrastive-only checkpoint: ITC alone
+            return shortlist[:top], None, itc
         if text_side:  # candidates are texts, one image
             itm = self._itm(text_states, text_mask, image_states, shortlist, [0] * len(shortlist))
         else:
@@ -426,20 +443,17 @@ class BridgeTowerPipeline:
 
     def search_captions(self, image, captions: list[str], top: int = 5) -> SearchResult:
         """The captions that best describe `image`, best first."""
-        self._require("itm", "search")
+        self._require_itm_or_itc("search")
         text_states, text_mask = self.encode_texts(list(captions))
         image_states = self.encode_images(self._pixels([image]))
         order, itm, itc = self._rank(text_states, text_mask, image_states, len(captions), text_side=True, top=top)
-        matches = [
-            {"caption": captions[c], "itm": p, **({"itc": float(itc[c])} if itc is not None else {})}
-            for c, p in zip(order, itm, strict=True)
-        ]
+        matches = [self._match("caption", captions[c], c, itm, itc, rank) for rank, c in enumerate(order)]
         return SearchResult(matches, self._ranked_by(len(captions)))
 
     def search(self, image_dir: str, query: str, top: int = 5, cache_dir: str | None = None, progress: bool = True):
         """The images under `image_dir` (recursively) that best match `query`, best first; unreadable files are
         skipped and listed in `skipped`. Image states are cached (see the module docstring)."""
-        self._require("itm", "search")
+        self._require_itm_or_itc("search")
         if not os.path.isdir(image_dir):
             raise PipelineError(f"no folder at {image_dir!r}: pass a folder of images to search.")
         paths, image_states, skipped, embedded = self._folder_states(image_dir, cache_dir, progress)
@@ -447,13 +461,21 @@ class BridgeTowerPipeline:
             return SearchResult([], self._ranked_by(0), skipped, embedded, 0)
         text_states, text_mask = self.encode_texts([query])
         order, itm, itc = self._rank(text_states, text_mask, image_states, len(paths), text_side=False, top=top)
-        matches = [
-            {"path": paths[i], "itm": p, **({"itc": float(itc[i])} if itc is not None else {})}
-            for i, p in zip(order, itm, strict=True)
-        ]
+        matches = [self._match("path", paths[i], i, itm, itc, rank) for rank, i in enumerate(order)]
         return SearchResult(matches, self._ranked_by(len(paths)), skipped, embedded, len(paths) - embedded)
 
+    @staticmethod
+    def _match(key: str, value, index: int, itm, itc, rank: int) -> dict:
+        match = {key: value}
+        if itm is not None:
+            match["itm"] = itm[rank]
+        if itc is not None:
+            match["itc"] = float(itc[index])
+        return match
+
     def _ranked_by(self, candidates: int) -> str:
+        if not self.has_itm:
+            return f"ITC similarity over all {candidates} (no ITM head in this checkpoint)"
         if self.has_itc:
             return f"ITC similarity, best {min(candidates, self.rerank)} re-ranked by ITM"
         return f"ITM over all {candidates} (no ITC head in this checkpoint)"

@@ -13,9 +13,15 @@ import pytest
 
 from bridgetower_gaudi import cli
 from bridgetower_gaudi.data.synthetic import COLORS, draw_shape, synthetic_attributes, synthetic_tokenizer
-from bridgetower_gaudi.modeling import BridgeTowerConfig, BridgeTowerForMaskedLM
+from bridgetower_gaudi.modeling import (
+    BridgeTowerConfig,
+    BridgeTowerForContrastiveLearning,
+    BridgeTowerForMaskedLM,
+    BridgeTowerForPreTraining,
+)
 from bridgetower_gaudi.modeling.modeling_bridgetower import BridgeTowerModel
 from bridgetower_gaudi.pipeline import CACHE_DIR_NAME, BridgeTowerPipeline, PipelineError, checkpoint_key
+from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 600  # batch 64, in-batch negatives: ITM is learned by then (measured), MLM colours much earlier
@@ -59,6 +65,7 @@ def images(tmp_path):
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()  # only this command's output
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -242,3 +249,25 @@ def test_the_cache_key_follows_the_weights(checkpoint, tmp_path):
     assert key != checkpoint_key(str(copy), IMAGE_SIZE, "clip", "bf16")
     os.utime(copy / "model.safetensors", ns=(1, 1))  # re-trained / re-saved weights
     assert key != checkpoint_key(str(copy), IMAGE_SIZE, "clip", "fp32")
+
+
+@pytest.mark.parametrize("with_itm", [True, False], ids=["pretraining-itc", "contrastive"])
+def test_itc_checkpoints_rank_by_itc(with_itm, images, tmp_path, capsys):
+    """With ITC heads: ITC similarity reported, search ranks by ITC and re-ranks the best by ITM; a contrastive-only
+    checkpoint ranks by ITC alone. (Untrained weights: this checks the paths, not the quality.)"""
+    if with_itm:
+        model = BridgeTowerForPreTraining(tiny_config(pretraining_objectives=["mlm", "itm", "itc"]))
+    else:
+        model = BridgeTowerForContrastiveLearning(tiny_config())
+    model.save_pretrained(tmp_path / "model")
+    synthetic_tokenizer().save_pretrained(tmp_path / "model")
+    path = next(iter(images))
+    code, out, _ = run_cli(capsys, "score", "--model", tmp_path / "model", "--output", "json", path, "a red circle")
+    assert code == 0 and set(json.loads(out)["scores"][0]) == ({"text", "itm", "itc"} if with_itm else {"text", "itc"})
+
+    argv = ["search", "--model", tmp_path / "model", "--output", "json", "--top", "2", "--rerank", "3"]
+    code, out, _ = run_cli(capsys, *argv, os.path.dirname(path), "a red circle")
+    result = json.loads(out)
+    assert code == 0 and len(result["matches"]) == 2
+    expected = "best 3 re-ranked by ITM" if with_itm else "ITC similarity over all 8 (no ITM head"
+    assert expected in result["ranked_by"]

@@ -62,18 +62,27 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument(
+        "--itm_negatives",
+        default="dataset",
+        choices=["dataset", "in_batch"],
+        help="dataset (the default recipe: a second, random image decoded per example) or in_batch.",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tokenizer = synthetic_tokenizer()
-    collator = PretrainingCollator(tokenizer)
+    collator = PretrainingCollator(tokenizer, itm_negatives=args.itm_negatives)
     machine = f"{platform.node()} ({os.cpu_count()} cores)"
-    print(f"# data loading, {machine}, image_size={args.image_size}, torch {torch.__version__}")
+    print(
+        f"# data loading, {machine}, image_size={args.image_size}, itm_negatives={args.itm_negatives}, "
+        f"torch {torch.__version__}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         jsonl = write_jpegs(folder, args.images)
         sources = {
-            "jpeg_640x480": DataArguments(train_file=[jsonl], dataset_format="jsonl"),
-            "synthetic": DataArguments(synthetic_train_size=args.images),
+            "jpeg_640x480": DataArguments(train_file=[jsonl], dataset_format="jsonl", itm_negatives=args.itm_negatives),
+            "synthetic": DataArguments(synthetic_train_size=args.images, itm_negatives=args.itm_negatives),
         }
         for name, data_args in sources.items():
             dataset = build_dataset(data_args, tokenizer, args.image_size)

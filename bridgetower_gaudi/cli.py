@@ -7,18 +7,17 @@
     bridgetower-gaudi vqa       --model DIR IMAGE "what colour is the circle?"
 
 Common flags: --output {table,json}, --device {auto,hpu,cuda,cpu}, --bf16, --batch-size, --max-length.
+
+On Gaudi, start it with PT_HPU_LAZY_MODE=1 for HPU graphs: lazy mode is chosen when torch is first imported, which
+importing this package already does, so the command cannot choose it itself.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-# Gaudi: lazy mode (what HPU graphs need) must be chosen before torch is first imported; elsewhere it means nothing.
-os.environ.setdefault("PT_HPU_LAZY_MODE", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
+import sys
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ from .modeling import (
 )
 from .modeling.modeling_bridgetower import TowerOutput
 
+logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CACHE_DIR_NAME = ".bridgetower_cache"
 MODEL_CLASSES = {
@@ -221,7 +223,10 @@ class BridgeTowerPipeline:
         self.text_tower = _TextTower(model, self.top_layers)
         self.image_tower = _ImageTower(model, self.top_layers)
         self.fusion = _Fusion(model, self.top_layers)
-        if device == "hpu":
+        if device == "hpu" and os.environ.get("PT_HPU_LAZY_MODE") != "1":
+            # Lazy mode is fixed when torch is imported (Synapse 1.24 defaults to eager): too late to choose here.
+            logger.warning("HPU in eager mode: running without HPU graphs; start with PT_HPU_LAZY_MODE=1 for them.")
+        elif device == "hpu":
             from .device.gaudi import wrap_in_hpu_graph  # HPU only: imports habana_frameworks
 
             self.text_tower = wrap_in_hpu_graph(self.text_tower)

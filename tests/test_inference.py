@@ -216,12 +216,12 @@ def test_clear_errors(checkpoint, images, tmp_path, capsys):
     code, _, err = run_cli(capsys, "score", "--model", tmp_path / "bert", image, "a red circle")
     assert code == 2 and "not BridgeTower" in err
 
-    # A masked-LM checkpoint has no ITM head: scoring says which head is missing and how to get one.
+    # A masked-LM checkpoint has no ITM / ITC head: scoring says which head is missing and how to get one.
     masked_lm = tmp_path / "masked-lm"
     BridgeTowerForMaskedLM(BridgeTowerConfig.from_pretrained(checkpoint)).save_pretrained(masked_lm)
     synthetic_tokenizer().save_pretrained(masked_lm)
     code, _, err = run_cli(capsys, "score", "--model", masked_lm, image, "a red circle")
-    assert code == 2 and "no ITM head" in err and "--objectives" in err
+    assert code == 2 and "neither an ITM nor an ITC head" in err and "--objectives" in err
 
     long_caption = " ".join(["a red circle on the left"] * 11)  # 66 words + [CLS] [SEP] > 62 positions
     code, _, err = run_cli(capsys, "score", "--model", checkpoint, image, long_caption)
@@ -271,3 +271,6 @@ def test_itc_checkpoints_rank_by_itc(with_itm, images, tmp_path, capsys):
     assert code == 0 and len(result["matches"]) == 2
     expected = "best 3 re-ranked by ITM" if with_itm else "ITC similarity over all 8 (no ITM head"
     assert expected in result["ranked_by"]
+    if not with_itm:
+        code, _, err = run_cli(capsys, "fill-mask", "--model", tmp_path / "model", path, "a [MASK] circle")
+        assert code == 2 and "no MLM head" in err

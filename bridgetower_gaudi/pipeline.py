@@ -461,10 +461,10 @@ class BridgeTowerPipeline:
         self._require_itm_or_itc("search")
         if not os.path.isdir(image_dir):
             raise PipelineError(f"no folder at {image_dir!r}: pass a folder of images to search.")
+        text_states, text_mask = self.encode_texts([query])  # a too-long query fails before the folder is read
         paths, image_states, skipped, embedded = self._folder_states(image_dir, cache_dir, progress)
         if not paths:
             return SearchResult([], self._ranked_by(0), skipped, embedded, 0)
-        text_states, text_mask = self.encode_texts([query])
         order, itm, itc = self._rank(text_states, text_mask, image_states, len(paths), text_side=False, top=top)
         matches = [self._match("path", paths[i], i, itm, itc, rank) for rank, i in enumerate(order)]
         return SearchResult(matches, self._ranked_by(len(paths)), skipped, embedded, len(paths) - embedded)

@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None = None, training_arguments_class=None):
     with parsing_context(training_arguments_class):
         if values is not None:  # the paper's optimiser settings as defaults here too, the file's values win
             paper = {
-                flag[2:]: float(value) for flag, value in zip(PAPER_OPTIMIZER_FLAGS[::2], PAPER_OPTIMIZER_FLAGS[1::2])
+                flag[2:]: float(value)
+                for flag, value in zip(PAPER_OPTIMIZER_FLAGS[::2], PAPER_OPTIMIZER_FLAGS[1::2], strict=True)
             }
             return parser.parse_dict({**paper, **values, **extra})
         extra_flags = [item for key, value in extra.items() for item in (f"--{key}", str(value))]

@@ -12,6 +12,9 @@ from bridgetower_gaudi import PRESETS, BridgeTowerConfig
 
 # Tokenizers are used in the main process, then in forked data-loader workers.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per test process: on 2 cores more threads fight the data-loader workers, and the training tests'
+# trajectories (and so their learned-accuracy assertions) then depend on the machine's core count.
+torch.set_num_threads(1)
 
 TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
 # The LayerNorm epsilons transformers' BridgeTower uses (ours default to the official 1e-12 in the cross-modal layers

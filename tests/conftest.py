@@ -49,3 +49,14 @@ def make_inputs(config, batch: int = 3, seq: int = 12, seed: int = 0, pad_from: 
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test gets the environment back as it found it: transformers' TrainingArguments writes
+    ACCELERATE_MIXED_PRECISION=bf16 for `--bf16`, and every later Trainer in the process then ran in bf16 autocast
+    (7x slower on this CPU, and not the precision the test asked for)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

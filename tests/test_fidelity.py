@@ -400,4 +400,5 @@ def test_itc_features_are_gathered_across_ranks_with_their_gradients():
     done = subprocess.run([sys.executable, os.path.join(root, "tests", "distributed_gather.py"), port],
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("RANK")) == ["RANK 0 OK", "RANK 1 OK"]
+    # the two ranks share one pipe, so their lines may interleave: match the verdicts, not the lines
+    assert sorted(re.findall(r"RANK \d (?:OK|BAD)", done.stdout)) == ["RANK 0 OK", "RANK 1 OK"], done.stdout

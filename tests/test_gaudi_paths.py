@@ -13,6 +13,7 @@ import torch
 
 import bridgetower_gaudi.device as device
 import bridgetower_gaudi.training.pretrain as pretrain
+import bridgetower_gaudi.training.run as run_module
 from bridgetower_gaudi import BridgeTowerModel
 from bridgetower_gaudi.device import DEFAULT_GAUDI_CONFIG, GAUDI_ATTENTION
 from bridgetower_gaudi.device.attention import register_tower_attention
@@ -44,7 +45,7 @@ def test_gaudi_config_ships_in_the_package_with_three_keys():
 @pytest.fixture
 def gaudi_as_plain(monkeypatch):
     """`--use_habana` parsed into BridgeTowerTrainingArguments (the Gaudi class needs Gaudi software)."""
-    monkeypatch.setattr(pretrain, "gaudi_training_arguments_class", lambda: BridgeTowerTrainingArguments)
+    monkeypatch.setattr(run_module, "gaudi_training_arguments_class", lambda: BridgeTowerTrainingArguments)
 
 
 def test_use_habana_passes_the_gaudi_config_and_attention_before_the_arguments_are_built(tmp_path, gaudi_as_plain):
@@ -105,13 +106,13 @@ def test_hpu_machine_requires_use_habana(tmp_path, monkeypatch):
 # (8) Every spelling of --use_habana, and a JSON file, choose the Gaudi arguments; without Gaudi software, the fix.
 @pytest.mark.parametrize("flags", [["--use_habana"], ["--use_habana=True"], ["--use_habana", "True"]])
 def test_use_habana_spellings_choose_gaudi_arguments(tmp_path, monkeypatch, flags):
-    monkeypatch.setattr(pretrain, "gaudi_training_arguments_class", _choose_gaudi)
+    monkeypatch.setattr(run_module, "gaudi_training_arguments_class", _choose_gaudi)
     with pytest.raises(ChoseGaudi):
         pretrain.parse_args([*flags, "--output_dir", str(tmp_path)])
 
 
 def test_json_argument_file_chooses_gaudi_arguments(tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrain, "gaudi_training_arguments_class", _choose_gaudi)
+    monkeypatch.setattr(run_module, "gaudi_training_arguments_class", _choose_gaudi)
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"use_habana": True, "output_dir": str(tmp_path)}))
     with pytest.raises(ChoseGaudi):
@@ -190,9 +191,12 @@ def test_hub_flags_download_at_the_revision_into_the_cache(tmp_path, monkeypatch
     [(["--do_predict"], "--do_predict"), (["--image_processor_name", "openai/clip"], "--image_processor_name")],
 )
 def test_example_flags_we_cannot_honour_are_refused(tmp_path, flags, message):
-    model_args, _, pretraining_args, args = pretrain.parse_args(["--output_dir", str(tmp_path), *flags])
+    """Before anything is built or written (pre-training has no test-set prediction step)."""
+    model_args, data_args, pretraining_args, args = pretrain.parse_args(["--output_dir", str(tmp_path), *flags])
     with pytest.raises(ValueError, match=message):
         pretrain.apply_example_flags(model_args, pretraining_args, args)
+        pretrain.build_trainer(model_args, data_args, pretraining_args, args)
+    assert not os.listdir(tmp_path)
 
 
 def test_mediapipe_dataloader_is_refused_clearly(tmp_path, monkeypatch):

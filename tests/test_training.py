@@ -251,10 +251,12 @@ def test_load_best_model_at_end_restores_every_weight(tmp_path):
 
 
 def test_summary_line_reads_well_with_and_without_evaluation():
-    from bridgetower_gaudi.training.pretrain import summary_line
+    from bridgetower_gaudi.tasks import PretrainTask
+    from bridgetower_gaudi.training.run import summary_line
 
-    assert summary_line({"train_samples_per_second": 46.7}) == "bridgetower_gaudi: train 46.7 samples/s"
-    line = summary_line({"eval_itm_accuracy": 0.95, "train_samples_per_second": 46.7})
+    metrics = PretrainTask.summary_metrics
+    assert summary_line({"train_samples_per_second": 46.7}, metrics) == "bridgetower_gaudi: train 46.7 samples/s"
+    line = summary_line({"eval_itm_accuracy": 0.95, "train_samples_per_second": 46.7}, metrics)
     assert line == "bridgetower_gaudi: ITM accuracy 0.9500 | train 46.7 samples/s"
 
 

@@ -38,12 +38,22 @@ class BadRecord(Exception):
 
 @dataclass
 class RawRecord:
-    """One caption with its image, before decoding. `image` is bytes, a file path, or a PIL image."""
+    """One example before decoding: a text with its image (bytes, a file path, or a PIL image), and for the
+    downstream tasks a target and further images.
+
+    - `target`: the task's answer, as read from the file (VQA: {answer: soft score}; SNLI-VE / NLVR2: a class
+      index); the task turns it into tensors.
+    - `extra_images`: further (image, image_id) pairs of the same example (NLVR2's second image).
+    - `example_id`: the example's own id where the task reports per example (VQA question_id, NLVR2 identifier).
+    """
 
     image: Any
     caption: Any
     image_id: str
     name: str  # where the record came from, for error messages
+    target: Any = None
+    extra_images: tuple = ()
+    example_id: str | None = None
 
 
 class SkipLog:

@@ -54,6 +54,24 @@ def resize_position_embedding(weight: torch.Tensor, patch_size: int, image_size:
     return torch.cat([cls_position, grid.permute(0, 2, 3, 1).reshape(-1, dim)], dim=0)
 
 
+@torch.no_grad()
+def set_image_size(model, image_size: int) -> None:
+    """Let a loaded model take `image_size` images (fine-tuning at another resolution than pre-training, 288 -> 384
+    or 576 in the paper): CLIP's position embeddings interpolated, the config updated so checkpoints reload."""
+    vision = model.base_model.vision_model.embeddings
+    config = model.config.vision_config
+    if image_size % config.patch_size:
+        raise ValueError(f"--image_size {image_size} is not a multiple of the patch size {config.patch_size}.")
+    if image_size == config.image_size:
+        return
+    weight = resize_position_embedding(vision.position_embedding.weight, config.patch_size, image_size)
+    vision.position_embedding = torch.nn.Embedding.from_pretrained(weight, freeze=False)
+    vision.image_size, vision.num_patches = image_size, (image_size // config.patch_size) ** 2
+    vision.num_positions = vision.num_patches + 1
+    vision.register_buffer("position_ids", torch.arange(vision.num_positions, device=weight.device)[None], False)
+    config.image_size = image_size
+
+
 def build_from_backbones(
     model_cls, vision_model_name_or_path, text_model_name_or_path, image_size=None, **config_kwargs
 ):

@@ -71,6 +71,7 @@ def transformers_incompatibilities(config) -> list[str]:
         (config.cross_modal_num_attention_heads == text.num_attention_heads, "cross-modal heads != text heads"),
         (config.cross_modal_intermediate_size == text.intermediate_size, "cross-modal intermediate_size != text's"),
         (config.hidden_act == text.hidden_act, "cross-modal hidden_act != text hidden_act"),
+        (config.num_image_token_types == 1, "a second image token type (NLVR2; transformers has two rows)"),
     ]
     for ok, reason in checks:
         if not ok:

@@ -106,6 +106,10 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         contrastive_hidden_size / logit_scale_init_value: the ITC heads: projection size 256 and temperature 0.07
             (logit scale ln(1/0.07)), the official values (the released ITC checkpoint says 512 in its config).
         pretraining_objectives: which objectives `BridgeTowerForPreTraining` trains ("itc" adds its heads).
+        classifier_hidden_scale / classifier_dropout_prob: the downstream heads (VQA, SNLI-VE, NLVR2): Linear(in,
+            2h x scale) -> LayerNorm -> GELU -> Linear(., num_labels) (the official two-layer head,
+            `head_hidden_scale`: 2 for VQA / SNLI-VE, 1.5 for NLVR2), and dropout before it (NLVR2: 0.1).
+        num_image_token_types: modality-type rows for images (1; NLVR2 2: its second image gets its own row).
         checkpoint_layout: set by `save_pretrained`: "transformers" when the weights are in transformers'
             layout, "bridgetower_gaudi" when the configuration cannot be represented there.
     """
@@ -128,6 +132,9 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         contrastive_hidden_size: int = 256,
         logit_scale_init_value: float = 2.6592,
         pretraining_objectives: tuple[str, ...] | list[str] = ("mlm", "itm"),
+        classifier_hidden_scale: float = 2.0,
+        classifier_dropout_prob: float = 0.0,
+        num_image_token_types: int = 1,
         checkpoint_layout: str = "transformers",
         **kwargs,
     ):
@@ -159,6 +166,11 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         self.contrastive_hidden_size = contrastive_hidden_size
         self.logit_scale_init_value = logit_scale_init_value
         self.checkpoint_layout = checkpoint_layout
+        self.classifier_hidden_scale = classifier_hidden_scale
+        self.classifier_dropout_prob = classifier_dropout_prob
+        if num_image_token_types < 1:
+            raise ValueError(f"num_image_token_types={num_image_token_types}: at least 1.")
+        self.num_image_token_types = num_image_token_types
         unknown = set(pretraining_objectives) - {"mlm", "itm", "itc"}
         if unknown:
             raise ValueError(f"pretraining_objectives {sorted(unknown)} unknown: choose from mlm, itm, itc.")

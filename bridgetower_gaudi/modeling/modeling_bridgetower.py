@@ -210,6 +210,15 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
         finally:
             self.config.checkpoint_layout = previous
 
+    def _classifier_output(self, loss, logits, outputs: BridgeTowerModelOutput, return_dict: bool | None):
+        """The heads' common ending: a SequenceClassifierOutput with the encoder's hidden states / attentions, as
+        a tuple when `return_dict` (or the config) says so."""
+        result = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
     @classmethod
     def from_backbones(cls, vision_model_name_or_path, text_model_name_or_path, **config_kwargs):
         """A BridgeTower whose towers start from a CLIP checkpoint and a RoBERTa / BERT checkpoint (the paper's
@@ -278,7 +287,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         count = config.num_cross_modal_transforms
         self.cross_modal_text_transform = _one_or_many(lambda: nn.Linear(text_hidden, hidden), count, shared)
         self.cross_modal_image_transform = _one_or_many(lambda: nn.Linear(vision_hidden, hidden), count, shared)
-        self.token_type_embeddings = nn.Embedding(2, hidden)
+        self.token_type_embeddings = nn.Embedding(1 + config.num_image_token_types, hidden)  # row 0: text
         self.cross_modal_text_layernorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.cross_modal_image_layernorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.cross_modal_text_layers = nn.ModuleList([CrossModalLayer(config) for _ in range(config.num_hidden_layers)])
@@ -603,11 +612,7 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
         )
         logits = self.itm_score(outputs.pooler_output)
         loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
-        result = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
-        return result if return_dict else result.to_tuple()
+        return self._classifier_output(loss, logits, outputs, return_dict)
 
 
 class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
@@ -758,12 +763,19 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
     def get_output_embeddings(self):
         return self.mlm_score.decoder
 
+    def itc_text_embeddings(self, text: TowerOutput) -> torch.Tensor:
+        """Normalised ITC embeddings of the text tower's last [CLS] (the official `itc_text_head` input)."""
+        return F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
+
+    def itc_image_embeddings(self, image: TowerOutput) -> torch.Tensor:
+        """Normalised ITC embeddings of the vision tower's last [CLS] after its final LayerNorm (`ln_post`)."""
+        last_cls = self.bridgetower._vision_layernorm(image.hidden_states[-1][:, 0], self.config.num_vision_layers)
+        return F.normalize(self.itc_image_head(last_cls), dim=-1)
+
     def _itc(self, text: TowerOutput, image: TowerOutput):
         """ITC loss and the local (batch x batch) temperature-scaled similarities (image rows, text columns)."""
-        bridgetower = self.bridgetower
-        text_embeds = F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
-        last_cls = bridgetower._vision_layernorm(image.hidden_states[-1][:, 0], self.config.num_vision_layers)
-        image_embeds = F.normalize(self.itc_image_head(last_cls), dim=-1)
+        text_embeds = self.itc_text_embeddings(text)
+        image_embeds = self.itc_image_embeddings(image)
         with torch.no_grad():
             self.temperature.clamp_(0.001, 0.5)
         all_text, rank = gather_with_grad(text_embeds)
@@ -846,3 +858,130 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         if index is None:
             return extra
         return TowerOutput.concat(image, extra, top_layers).index_select(index, top_layers)
+
+
+# --- downstream heads (no transformers counterpart) -------------------------------------------------------------
+class BridgeTowerClassificationHead(nn.Module):
+    """The official two-layer downstream head (`task_head_layers=2`): Linear -> LayerNorm -> GELU -> Linear, with
+    dropout on its input (NLVR2's `nlvr2_drop_rate`)."""
+
+    def __init__(self, in_size: int, hidden_size: int, num_labels: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(in_size, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size)  # torch's default eps 1e-5, as the official head
+        self.activation = nn.GELU()
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.activation(self.LayerNorm(self.dense(self.dropout(features)))))
+
+
+def _classification_head(config: BridgeTowerConfig, in_size: int, num_labels: int) -> BridgeTowerClassificationHead:
+    hidden = int(config.hidden_size * 2 * config.classifier_hidden_scale)
+    return BridgeTowerClassificationHead(in_size, hidden, num_labels, config.classifier_dropout_prob)
+
+
+class _PooledClassifier(BridgeTowerPreTrainedModel):
+    """One pass of the image-text pair; the pooled [text; image] output (2h) through the task's head (`head`)."""
+
+    def head(self) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):  # fmt: skip
+        outputs = self.bridgetower(input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask,
+                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                   return_dict=True)  # fmt: skip
+        logits = self.head()(outputs.pooler_output)
+        loss = self.loss(logits, labels.to(logits.device)) if labels is not None else None
+        return self._classifier_output(loss, logits, outputs, return_dict)
+
+
+class BridgeTowerForVisualQuestionAnswering(_PooledClassifier):
+    """VQAv2 as the paper: the pooled output through the two-layer head over the answer vocabulary
+    (`config.num_labels`, `config.id2label`); `labels` are soft scores (batch, num_labels) and the loss is
+    binary cross-entropy (mean) x num_labels, the official `compute_vqa`."""
+
+    _head_modules = ("vqa_classifier",)
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self.vqa_classifier = _classification_head(config, config.hidden_size * 2, config.num_labels)
+        self.post_init()
+
+    def head(self) -> nn.Module:
+        return self.vqa_classifier
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float()) * labels.shape[1]
+
+
+class BridgeTowerForVisualEntailment(_PooledClassifier):
+    """SNLI-VE: does the image entail the hypothesis? The pooled output through the two-layer head -> 3 classes
+    (contradiction 0, neutral 1, entailment 2); cross-entropy, the official `compute_snli`."""
+
+    _head_modules = ("snli_classifier",)
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self.snli_classifier = _classification_head(config, config.hidden_size * 2, config.num_labels)
+        self.post_init()
+
+    def head(self) -> nn.Module:
+        return self.snli_classifier
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+
+class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
+    """NLVR2: is the sentence true of the image pair? Two full passes of the caption, with image 1 (modality type
+    1) and image 2 (modality type 2, `num_image_token_types=2`); the two pooled outputs concatenated (4h) ->
+    dropout -> two-layer head -> 2 classes, cross-entropy (the official `compute_nlvr2`).
+
+    A model started from a pre-trained checkpoint (two modality-type rows) grows the third row as a copy of the
+    image row with `add_second_image_token_type()`, as the official code does when it builds the NLVR2 head."""
+
+    _head_modules = ("nlvr2_classifier",)
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self.nlvr2_classifier = _classification_head(config, config.hidden_size * 4, config.num_labels)
+        self.post_init()
+
+    @torch.no_grad()
+    def add_second_image_token_type(self) -> None:
+        """Modality-type rows [text, image] -> [text, image, image copy] (a no-op when the third row exists)."""
+        if self.config.num_image_token_types >= 2:
+            return
+        old = self.bridgetower.token_type_embeddings
+        new = nn.Embedding(3, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        new.weight.copy_(torch.cat([old.weight, old.weight[1:2]]))
+        self.bridgetower.token_type_embeddings = new
+        self.config.num_image_token_types = 2
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
+                pixel_values_2=None, pixel_mask_2=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):  # fmt: skip
+        if pixel_values_2 is None:
+            raise ValueError("BridgeTowerForNLVR2 needs both images: pixel_values and pixel_values_2.")
+        if self.config.num_image_token_types < 2:
+            raise ValueError(
+                "this model has one image modality type: call add_second_image_token_type() after loading a "
+                "pre-trained checkpoint (run_finetune.py --task nlvr2 does)."
+            )
+        bridgetower = self.bridgetower
+        text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
+        first = bridgetower.fuse(text, bridgetower.encode_image(pixel_values, pixel_mask), 1,
+                                 output_attentions, output_hidden_states)  # fmt: skip
+        second = bridgetower.fuse(text, bridgetower.encode_image(pixel_values_2, pixel_mask_2), 2)
+        logits = self.nlvr2_classifier(torch.cat([first.pooler_output, second.pooler_output], dim=-1))
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+        return self._classifier_output(loss, logits, first, return_dict)

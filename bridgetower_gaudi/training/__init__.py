@@ -1,16 +1,16 @@
-"""Training: flags, AdamW groups, metrics, the trainer (Trainer / GaudiTrainer) and the pre-training entry point."""
+"""Training: flags, AdamW groups, metrics, the trainer (Trainer / GaudiTrainer) and the one run every task uses."""
 
-from .arguments import BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments
+from .arguments import BridgeTowerTrainingArguments, ModelArguments, PretrainingArguments, RecipeArguments
 from .metrics import itm_accuracy, majority_baseline, mlm_accuracy
 from .optimization import parameter_groups
-from .trainer import BridgeTowerTrainer, PretrainingMetrics
+from .trainer import BridgeTowerTrainer
 
 __all__ = [
     "BridgeTowerTrainer",
     "BridgeTowerTrainingArguments",
     "ModelArguments",
     "PretrainingArguments",
-    "PretrainingMetrics",
+    "RecipeArguments",
     "itm_accuracy",
     "majority_baseline",
     "mlm_accuracy",

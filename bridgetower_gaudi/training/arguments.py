@@ -28,7 +28,21 @@ class ModelArguments:
 
 
 @dataclass
-class PretrainingArguments:
+class RecipeArguments:
+    """Every task's training-recipe flags: learning-rate multipliers (the official `lr_mult_cross_modal` /
+    `lr_mult_head`), frozen towers, data order. Each task's arguments extend these."""
+
+    cross_modal_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for cross-modal parameters."})
+    head_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for the task's heads."})
+    freeze_text_tower: bool = field(default=False, metadata={"help": "Keep the text tower fixed (ablations)."})
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the vision tower fixed (ablations)."})
+    shuffle_train_data: bool = field(
+        default=True, metadata={"help": "Shuffle training data; off: file order (to compare runs across world sizes)."}
+    )
+
+
+@dataclass
+class PretrainingArguments(RecipeArguments):
     objectives: str = field(default="mlm,itm", metadata={"help": "Comma-separated: mlm, itm, itc."})
     pretrain_step: str | None = field(
         default=None,
@@ -38,13 +52,6 @@ class PretrainingArguments:
             "data-set negatives (the vision tower has no dropout, so with dataset negatives this is the same "
             "computation, faster). itc_hard negatives always reuse the ITC pass's features."
         },
-    )
-    cross_modal_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for cross-modal parameters."})
-    head_lr_multiplier: float = field(default=5.0, metadata={"help": "LR factor for the MLM / ITM / ITC heads."})
-    freeze_text_tower: bool = field(default=False, metadata={"help": "Keep the text tower fixed (ablations)."})
-    freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the vision tower fixed (ablations)."})
-    shuffle_train_data: bool = field(
-        default=True, metadata={"help": "Shuffle training data; off: file order (to compare runs across world sizes)."}
     )
 
     def __post_init__(self):

@@ -1,73 +1,28 @@
 """The trainer: transformers' Trainer (or optimum-habana's GaudiTrainer, see `device.gaudi`) with BridgeTower's
-AdamW groups, its evaluation metrics and the skipped-record report. Model, collator and optimizer code are the same
-on every device."""
+AdamW groups, a separate evaluation collator and the skipped-record report. Model, collator and optimizer code are
+the same on every device."""
 
 from __future__ import annotations
 
 import time
 from functools import partial
 
-import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import seed_worker
 
 from ..data import SkipLog
 from ..modeling import checkpoint_conversion
-from .arguments import PretrainingArguments
-from .metrics import itm_accuracy, majority_baseline, mlm_accuracy
+from .arguments import RecipeArguments
 from .optimization import parameter_groups, torch_param_groups
-
-# BridgeTowerForPreTrainingOutput field order; prediction tuples follow it, without `loss` and absent fields.
-OUTPUT_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits")
-
-
-class PretrainingMetrics:
-    """`preprocess_logits_for_metrics` + `compute_metrics` for BridgeTowerForPreTraining evaluation."""
-
-    def __init__(self, objectives: list[str], word_classes: dict[str, set[int]] | None = None):
-        present = {"mlm_loss": "mlm", "itm_loss": "itm", "itc_loss": "itc", "mlm_logits": "mlm", "itm_logits": "itm"}
-        self.fields = [f for f in OUTPUT_FIELDS if present[f] in objectives]
-        self.word_classes = word_classes or {}
-        self.label_names = [name for name, o in (("labels", "mlm"), ("itm_labels", "itm")) if o in objectives]
-
-    def preprocess(self, logits, labels):
-        outputs = dict(zip(self.fields, logits if isinstance(logits, tuple) else (logits,), strict=False))
-        reduced = []
-        batch = (labels[0] if isinstance(labels, (tuple, list)) else labels).shape[0]
-        for name in self.fields:
-            value = outputs[name]
-            if name.endswith("loss"):
-                reduced.append(value.detach().float().mean().reshape(1).expand(batch))  # per-row copies concatenate
-            else:
-                reduced.append(value.argmax(dim=-1))
-        return tuple(reduced)
-
-    def __call__(self, prediction) -> dict:
-        predictions = prediction.predictions if isinstance(prediction.predictions, tuple) else (prediction.predictions,)
-        outputs = dict(zip(self.fields, predictions, strict=True))
-        labels = prediction.label_ids if isinstance(prediction.label_ids, tuple) else (prediction.label_ids,)
-        labels = dict(zip(self.label_names, labels, strict=True))
-        metrics = {name: float(np.mean(outputs[name])) for name in self.fields if name.endswith("loss")}
-        if "itm_logits" in outputs:
-            metrics["itm_accuracy"] = itm_accuracy(outputs["itm_logits"], labels["itm_labels"])
-        if "mlm_logits" in outputs:
-            metrics["mlm_accuracy"] = mlm_accuracy(outputs["mlm_logits"], labels["labels"])
-            if self.word_classes:
-                attribute_ids = set().union(*self.word_classes.values())
-                metrics["mlm_attribute_accuracy"] = mlm_accuracy(outputs["mlm_logits"], labels["labels"], attribute_ids)
-                metrics["mlm_attribute_text_only_baseline"] = majority_baseline(
-                    labels["labels"], list(self.word_classes.values())
-                )
-        return metrics
 
 
 class BridgeTowerTrainerMixin:
     """Shared by BridgeTowerTrainer (transformers) and GaudiBridgeTowerTrainer (optimum-habana)."""
 
-    def __init__(self, *args, pretraining_args: PretrainingArguments | None = None, skip_log=None, eval_skip_log=None,
+    def __init__(self, *args, recipe_args: RecipeArguments | None = None, skip_log=None, eval_skip_log=None,
                  eval_data_collator=None, **kwargs):  # fmt: skip
-        self.pretraining_args = pretraining_args or PretrainingArguments()
+        self.recipe_args = recipe_args or RecipeArguments()
         self.eval_data_collator = eval_data_collator  # None: evaluate with the training collator
         self.skip_log, self.eval_skip_log = skip_log or SkipLog(), eval_skip_log or SkipLog()
         super().__init__(*args, **kwargs)
@@ -83,8 +38,8 @@ class BridgeTowerTrainerMixin:
                 self.model,
                 self.args.learning_rate,
                 self.args.weight_decay,
-                self.pretraining_args.cross_modal_lr_multiplier,
-                self.pretraining_args.head_lr_multiplier,
+                self.recipe_args.cross_modal_lr_multiplier,
+                self.recipe_args.head_lr_multiplier,
             )
             groups = torch_param_groups(groups)
             optimizer_cls, extra = self.optimizer_class()
@@ -94,7 +49,7 @@ class BridgeTowerTrainerMixin:
         return self.optimizer
 
     def _get_train_sampler(self, *args, **kwargs):
-        if not self.pretraining_args.shuffle_train_data:
+        if not self.recipe_args.shuffle_train_data:
             dataset = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
             return torch.utils.data.SequentialSampler(dataset if dataset is not None else self.train_dataset)
         return super()._get_train_sampler(*args, **kwargs)

@@ -1,0 +1,174 @@
+"""Pre-training (MLM + ITM [+ ITC], the paper's objectives) and the two fine-tunes made of the same objectives:
+`itm` (image-text matching alone, on data-set negatives) and `mlm` (masked language modelling alone on the user's
+captions: domain adaptation)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data import PretrainingCollator, build_dataset
+from ..data.synthetic import COLORS, POSITIONS, SHAPES
+from ..modeling import BridgeTowerForPreTraining
+from ..training.arguments import PretrainingArguments, resolve_itm_recipe
+from ..training.metrics import itm_accuracy, majority_baseline, mlm_accuracy
+from ..training.run import build_model
+from .base import Metrics, Task
+
+# The embedded default run (`python run_scripts/run_pretrain.py` with no flags).
+DEFAULT_ARGS = [
+    "--config_name", "tiny",
+    "--dataset_format", "synthetic",
+    "--output_dir", "outputs/pretrain-tiny-synthetic",
+    "--overwrite_output_dir",
+    "--do_train", "--do_eval",
+    "--max_steps", "1000",
+    "--per_device_train_batch_size", "64",  # at 32, ITM stays at chance for 600+ steps with the official std 0.02
+    "--per_device_eval_batch_size", "64",
+    "--learning_rate", "5e-4",
+    "--max_seq_length", "16",
+    "--synthetic_train_size", "64000",  # one epoch
+    "--synthetic_eval_size", "512",
+    "--logging_steps", "100",
+    "--save_steps", "1000",
+    "--save_total_limit", "1",
+    "--dataloader_num_workers", "1",
+    "--report_to", "tensorboard",
+    "--seed", "0",
+]  # fmt: skip
+
+# BridgeTowerForPreTrainingOutput field order; prediction tuples follow it, without `loss` and absent fields.
+OUTPUT_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits")
+
+
+class PretrainingMetrics:
+    """`preprocess_logits_for_metrics` + `compute_metrics` for BridgeTowerForPreTraining evaluation."""
+
+    def __init__(self, objectives: list[str], word_classes: dict[str, set[int]] | None = None):
+        present = {"mlm_loss": "mlm", "itm_loss": "itm", "itc_loss": "itc", "mlm_logits": "mlm", "itm_logits": "itm"}
+        self.fields = [f for f in OUTPUT_FIELDS if present[f] in objectives]
+        self.word_classes = word_classes or {}
+        self.label_names = [name for name, o in (("labels", "mlm"), ("itm_labels", "itm")) if o in objectives]
+
+    def preprocess(self, logits, labels):
+        outputs = dict(zip(self.fields, logits if isinstance(logits, tuple) else (logits,), strict=False))
+        reduced = []
+        batch = (labels[0] if isinstance(labels, (tuple, list)) else labels).shape[0]
+        for name in self.fields:
+            value = outputs[name]
+            if name.endswith("loss"):
+                reduced.append(value.detach().float().mean().reshape(1).expand(batch))  # per-row copies concatenate
+            else:
+                reduced.append(value.argmax(dim=-1))
+        return tuple(reduced)
+
+    def __call__(self, prediction) -> dict:
+        predictions = prediction.predictions if isinstance(prediction.predictions, tuple) else (prediction.predictions,)
+        outputs = dict(zip(self.fields, predictions, strict=True))
+        labels = prediction.label_ids if isinstance(prediction.label_ids, tuple) else (prediction.label_ids,)
+        labels = dict(zip(self.label_names, labels, strict=True))
+        metrics = {name: float(np.mean(outputs[name])) for name in self.fields if name.endswith("loss")}
+        if "itm_logits" in outputs:
+            metrics["itm_accuracy"] = itm_accuracy(outputs["itm_logits"], labels["itm_labels"])
+        if "mlm_logits" in outputs:
+            metrics["mlm_accuracy"] = mlm_accuracy(outputs["mlm_logits"], labels["labels"])
+            if self.word_classes:
+                attribute_ids = set().union(*self.word_classes.values())
+                metrics["mlm_attribute_accuracy"] = mlm_accuracy(outputs["mlm_logits"], labels["labels"], attribute_ids)
+                metrics["mlm_attribute_text_only_baseline"] = majority_baseline(
+                    labels["labels"], list(self.word_classes.values())
+                )
+        return metrics
+
+
+def synthetic_word_classes(tokenizer, data_args) -> dict[str, set[int]] | None:
+    """Colour / shape / position word ids of the synthetic source (what only the image reveals), else None."""
+    if data_args.dataset_format != "synthetic" or data_args.train_file or data_args.dataset_name:
+        return None
+    ids = lambda words: {tokenizer.convert_tokens_to_ids(w) for w in words}
+    return {"color": ids(COLORS), "shape": ids(SHAPES), "position": ids(POSITIONS)}
+
+
+class PretrainTask(Task):
+    """MLM + ITM (summed 1:1), optionally + ITC, with the official ITM recipe (`resolve_itm_recipe`)."""
+
+    name = "pretrain"
+    arguments_class = PretrainingArguments
+    summary_metrics = (
+        ("ITM accuracy", "eval_itm_accuracy"),
+        ("MLM accuracy", "eval_mlm_accuracy"),
+        ("MLM accuracy on colour/shape/position words", "eval_mlm_attribute_accuracy"),
+        ("text alone allows", "eval_mlm_attribute_text_only_baseline"),
+    )
+
+    def resolve(self, task_args: PretrainingArguments, data_args) -> None:
+        resolve_itm_recipe(task_args, data_args)
+
+    def build_model(self, model_args, task_args: PretrainingArguments, data_args, tokenizer):
+        return build_model(
+            BridgeTowerForPreTraining, model_args, data_args, tokenizer, pretraining_objectives=task_args.objective_list
+        )
+
+    def build_dataset(self, data_args, task_args, tokenizer, image_size, split, seed, skip_log):
+        if split == "test":
+            return None
+        return build_dataset(data_args, tokenizer, image_size, split, seed, skip_log)
+
+    def collators(self, tokenizer, data_args, task_args: PretrainingArguments, args):
+        objectives = task_args.objective_list
+        collator = PretrainingCollator(
+            tokenizer,
+            mlm_probability=data_args.mlm_probability,
+            whole_word_masking=data_args.whole_word_masking,
+            itm_negatives=data_args.itm_negatives,
+            reuse_image_features=task_args.pretrain_step == "one_pass",
+            mlm="mlm" in objectives,
+            seed=args.seed if data_args.deterministic_masking else None,
+        )
+        # Held-out figures must not depend on the training recipe: every recipe is evaluated on the same pairs
+        # (half matched, half with another image of the held-out set) and the same masks.
+        eval_collator = PretrainingCollator(
+            tokenizer,
+            mlm_probability=data_args.mlm_probability,
+            whole_word_masking=data_args.whole_word_masking,
+            itm_negatives="in_batch" if "itm" in objectives else "none",
+            reuse_image_features=True,
+            mlm="mlm" in objectives,
+            seed=args.seed,
+        )
+        return collator, eval_collator
+
+    def metrics(self, tokenizer, data_args, task_args: PretrainingArguments, model) -> Metrics:
+        metrics = PretrainingMetrics(task_args.objective_list, synthetic_word_classes(tokenizer, data_args))
+        return Metrics(metrics.preprocess, metrics, metrics.label_names)
+
+
+class ItmTask(PretrainTask):
+    """ITM alone on data-set negatives (the pre-training ITM head as a standalone fine-tune)."""
+
+    name = "itm"
+    summary_metrics = (("ITM accuracy", "eval_itm_accuracy"),)
+
+    def resolve(self, task_args: PretrainingArguments, data_args) -> None:
+        _fixed_objectives(task_args, "itm", self.name)
+        super().resolve(task_args, data_args)
+
+
+class MlmTask(PretrainTask):
+    """MLM alone on the user's captions (domain adaptation)."""
+
+    name = "mlm"
+    summary_metrics = (
+        ("MLM accuracy", "eval_mlm_accuracy"),
+        ("MLM accuracy on colour/shape/position words", "eval_mlm_attribute_accuracy"),
+    )
+
+    def resolve(self, task_args: PretrainingArguments, data_args) -> None:
+        _fixed_objectives(task_args, "mlm", self.name)
+        super().resolve(task_args, data_args)
+
+
+def _fixed_objectives(task_args: PretrainingArguments, objective: str, task: str) -> None:
+    """The itm / mlm tasks train one objective; an --objectives flag that says otherwise is refused, not ignored."""
+    if task_args.objectives not in ("mlm,itm", objective):  # the dataclass default, or the task's own
+        raise ValueError(f"--task {task} trains {objective} alone: drop --objectives {task_args.objectives}.")
+    task_args.objectives = objective

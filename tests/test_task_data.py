@@ -1,0 +1,400 @@
+"""VQAv2 / SNLI-VE / NLVR2 readers (json and the official arrow layouts) and the VQA answer normalisation and
+metrics. Every file is written here: tiny json / jsonl files, PNG images, arrow files."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from bridgetower_gaudi.data import DataConfigError, ExampleBuilder, ImageTextDataset, ImageTransform, SkipLog
+from bridgetower_gaudi.data.images import decode_image
+from bridgetower_gaudi.data.synthetic import synthetic_tokenizer
+from bridgetower_gaudi.data.task_sources import (
+    Nlvr2ArrowSource,
+    Nlvr2Source,
+    SnliVeArrowSource,
+    SnliVeSource,
+    VQAv2ArrowSource,
+    VQAv2Source,
+    answer_vocabulary_from_arrow,
+    task_source,
+)
+from bridgetower_gaudi.evaluation.vqa import (
+    accuracy,
+    answer_scores,
+    build_answer_vocabulary,
+    load_answer_vocabulary,
+    normalize_answer,
+    save_answer_vocabulary,
+    score_for_count,
+    vqa_question_score,
+    vqa_score,
+    vqa_soft_score,
+    write_vqa_predictions,
+)
+from tests.data_files import color_image, color_index, jpeg_bytes
+
+
+# --- answer normalisation ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "raw, normalised",
+    [
+        ("Two", "2"),  # number words up to ten become digits
+        ("ten", "10"),
+        ("10", "10"),
+        ("eleven", "eleven"),  # ... and only those
+        ("none", "0"),
+        ("a dog", "dog"),  # articles go
+        ("The Cat", "cat"),
+        ("an apple", "apple"),
+        ("a", ""),
+        ("dont", "don't"),  # contractions come back
+        ("isnt it", "isn't it"),
+        ("yes.", "yes"),  # a period not followed by a digit goes
+        ("st. louis", "st louis"),
+        ("1.5", "1.5"),  # ... a decimal point stays
+        ("1,000", "1000"),  # a comma inside a number: every mark is deleted
+        ("1,000-2", "10002"),
+        ("red, white", "red white"),  # a mark touching a space is deleted
+        ("red,white", "red white"),  # ... else it becomes a space
+        ("t-shirt", "t shirt"),
+        ("left - right", "left right"),
+        ("black & white?", "black & white"),  # '&' is no punctuation mark of the official list
+        ("man's", "man's"),  # nor is the apostrophe
+        ("  Yes\n", "yes"),
+        ("two\tdogs", "2 dogs"),
+    ],
+)
+def test_answers_are_normalised_as_the_official_vqa_evaluation(raw, normalised):
+    assert normalize_answer(raw) == normalised
+
+
+def test_period_rule_behaves_as_the_official_pattern():
+    # vqaEval.py's periodStrip, verbatim: its "(?!<=\d)" is a look-ahead, so it removes periods before non-digits.
+    official = re.compile(r"(?!<=\d)(\.)(?!\d)")
+    for text in ["a.b", "5.", "5.5", ".5", "dr. who", "end...", "v1.2.3."]:
+        expected = official.sub("", text)
+        assert normalize_answer(text) == " ".join(expected.lower().split()), text
+
+
+# --- soft scores, vocabulary, metrics ------------------------------------------------------------------------------
+def test_soft_scores_count_answers_after_normalisation():
+    assert [score_for_count(n) for n in range(6)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0]
+    answers = ["2", "two", "Two", "2.", "yes", "Yes", "the cat", "cat", "cat!", "dog"]
+    assert answer_scores(answers) == {"2": 1.0, "yes": 0.6, "cat": 0.9, "dog": 0.3}
+
+
+def test_vocabulary_keeps_answers_seen_min_count_times_in_first_seen_order(tmp_path):
+    rows = [{"multiple_choice_answer": a} for a in ["Two"] * 5 + ["yes"] * 9 + ["2"] * 4 + ["no"] * 8 + ["Yes."]]
+    assert build_answer_vocabulary(rows) == ["2", "yes"]  # "Two" + "2" = 9; "no" only 8
+    assert build_answer_vocabulary({"annotations": rows}, min_count=8) == ["2", "yes", "no"]
+    save_answer_vocabulary(str(tmp_path / "v" / "answers.json"), ["2", "yes"])
+    assert load_answer_vocabulary(str(tmp_path / "v" / "answers.json")) == ["2", "yes"]
+    (tmp_path / "dup.json").write_text('["a", "a"]')
+    with pytest.raises(DataConfigError, match="twice"):
+        load_answer_vocabulary(str(tmp_path / "dup.json"))
+    (tmp_path / "obj.json").write_text('{"a": 1}')
+    with pytest.raises(DataConfigError, match="JSON list"):
+        load_answer_vocabulary(str(tmp_path / "obj.json"))
+    with pytest.raises(DataConfigError, match="does not exist"):
+        load_answer_vocabulary(str(tmp_path / "nowhere.json"))
+
+
+def test_vqa_score_simple_and_leave_one_out():
+    gt = ["2"] + ["3"] * 9
+    assert vqa_question_score("two", gt) == pytest.approx(1 / 3)  # normalised on both sides
+    assert vqa_question_score("two", gt, leave_one_out=True) == pytest.approx(0.3)
+    assert vqa_question_score("3", gt) == 1.0 and vqa_question_score("cat", gt) == 0.0
+    # The official averaging over 9-annotator subsets gives exactly write_vqa.py's soft scores.
+    for n in range(11):
+        answers = ["yes"] * n + ["no"] * (10 - n)
+        assert vqa_question_score("yes", answers, leave_one_out=True) == pytest.approx(score_for_count(n))
+        assert vqa_question_score("yes", answers) == pytest.approx(min(n / 3, 1.0))
+    assert vqa_score(["two", "cat"], [gt, ["the cat"] * 10]) == pytest.approx((1 / 3 + 1.0) / 2)
+    with pytest.raises(ValueError, match="predictions"):
+        vqa_score(["a"], [])
+    with pytest.raises(ValueError, match="no VQA score"):
+        vqa_question_score("a", [])
+
+
+def test_soft_score_accuracy_and_submission(tmp_path):
+    dense = np.array([[0.0, 0.9, 0.3], [1.0, 0.0, 0.0]])
+    assert vqa_soft_score([1, 2], dense) == pytest.approx(0.45)
+    sparse = [{"labels": [1, 2], "scores": [0.9, 0.3]}, {"labels": [0], "scores": [1.0]}]
+    assert vqa_soft_score([2, 0], sparse) == pytest.approx(0.65)
+    assert accuracy([0, 2, 1, 1], [0, 1, 1, -100]) == pytest.approx(2 / 3)  # -100 does not count
+    logits = np.array([[0.1, 2.0], [3.0, -1.0], [0.0, 1.0]])
+    assert accuracy(logits, [1, 1, 1]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        accuracy([0, 1], [0])
+    write_vqa_predictions(str(tmp_path / "sub.json"), ["7", 8], ["yes", "2"])
+    assert json.loads((tmp_path / "sub.json").read_text()) == [
+        {"question_id": 7, "answer": "yes"},
+        {"question_id": 8, "answer": "2"},
+    ]
+
+
+# --- VQAv2 json ----------------------------------------------------------------------------------------------------
+VOCABULARY = ["yes", "no", "2"]
+
+
+def _coco_image(root, subtype: str, image_id: int, color: int) -> None:
+    folder = root / subtype
+    folder.mkdir(parents=True, exist_ok=True)
+    color_image(color).save(folder / f"COCO_{subtype}_{image_id:012d}.jpg", format="PNG")
+
+
+def _write_vqa(tmp_path, subtype="val2014", declare=True, questions_name=None):
+    """Five questions: answerable, unanswerable, no annotation, malformed, image missing."""
+    images = tmp_path / "coco"
+    _coco_image(images, subtype, 1, 0)
+    _coco_image(images, subtype, 2, 1)
+    questions = [
+        {"image_id": 1, "question": "is it red?", "question_id": 10},
+        {"image_id": 2, "question": "what animal?", "question_id": 20},
+        {"image_id": 2, "question": "how many?", "question_id": 30},
+        {"question": "no image id", "question_id": 40},
+        {"image_id": 3, "question": "no image file?", "question_id": 50},
+    ]
+    content = {"questions": questions, **({"data_subtype": subtype} if declare else {})}
+    name = questions_name or f"v2_OpenEnded_mscoco_{subtype}_questions.json"
+    (tmp_path / name).write_text(json.dumps(content))
+    annotations = [
+        {"question_id": 10, "image_id": 1, "multiple_choice_answer": "yes",
+         "answers": [{"answer": a} for a in ["yes"] * 3 + ["Yes"] * 2 + ["no"] * 2 + ["two", "2", "maybe"]]},
+        {"question_id": 20, "image_id": 2, "multiple_choice_answer": "cat", "answers": [{"answer": "cat"}] * 10},
+        {"question_id": 40, "image_id": 0, "multiple_choice_answer": "yes", "answers": [{"answer": "yes"}] * 10},
+        {"question_id": 50, "image_id": 3, "multiple_choice_answer": "no", "answers": [{"answer": "no"}] * 10},
+        {"question_id": 60, "answers": "not a list of answers"},
+    ]  # fmt: skip
+    (tmp_path / "annotations.json").write_text(json.dumps({"annotations": annotations}))
+    return tmp_path / name, tmp_path / "annotations.json", images
+
+
+def test_vqa_json_targets_unanswerable_and_bad_rows(tmp_path):
+    questions, annotations, images = _write_vqa(tmp_path)
+    log = SkipLog(tmp_path / "skips.jsonl")
+    source = VQAv2Source(str(questions), str(annotations), str(images), VOCABULARY, log)
+    assert len(source) == 2 and source.num_unanswerable == 1  # "cat" is no class
+    first = source[0]
+    assert first.caption == "is it red?" and first.example_id == "10"
+    assert first.target == {
+        "labels": [0, 1, 2],
+        "scores": [1.0, 0.6, 0.6],  # "yes" x5, "no" x2, "two" + "2"
+        "answers": ["yes"] * 3 + ["Yes"] * 2 + ["no"] * 2 + ["two", "2", "maybe"],
+    }
+    assert color_index(decode_image(first.image, first.name)) == 0
+    # no annotation for 30, no image_id in 40, malformed annotation 60
+    assert log.counts() == {"bad_row": 3}
+    kept = VQAv2Source(str(questions), str(annotations), str(images), VOCABULARY, SkipLog(), drop_unanswerable=False)
+    assert [r.example_id for r in (kept[i] for i in range(len(kept)))] == ["10", "20", "50"]
+    assert kept[1].target["labels"] == [] and kept[1].target["answers"] == ["cat"] * 10
+
+    # Through the dataset, the missing image file is skipped and counted like any other.
+    builder = ExampleBuilder(synthetic_tokenizer(), ImageTransform(32, "clip"), max_seq_length=8)
+    dataset = ImageTextDataset([kept], builder, log)
+    examples = [dataset[i] for i in range(len(dataset))]
+    assert len(examples) == 3 and log.counts()["missing_image"] >= 1
+    assert all(example["pixel_values"].shape == (3, 32, 32) for example in examples)
+
+
+def test_vqa_test_questions_without_annotations(tmp_path):
+    # test-dev questions: no data_subtype field here, so the file name says test-dev2015 -> test2015 images
+    questions, _, images = _write_vqa(tmp_path, "test2015", declare=False,
+                                      questions_name="v2_OpenEnded_mscoco_test-dev2015_questions.json")  # fmt: skip
+    source = task_source("vqa", "vqa_v2", str(questions), None, str(images), SkipLog())
+    assert source.subtype == "test2015" and len(source) == 4  # only the malformed row is gone
+    record = source[1]
+    assert record.target is None and record.example_id == "20"
+    assert color_index(decode_image(record.image, record.name)) == 1
+
+
+def test_vqa_images_found_by_folder_search_and_in_the_subtype_folder(tmp_path):
+    questions, annotations, images = _write_vqa(tmp_path, "train2014", declare=False, questions_name="q.json")
+    source = VQAv2Source(str(questions), str(annotations), str(images), VOCABULARY, SkipLog())
+    assert source.subtype == "train2014"
+    assert color_index(decode_image(source[0].image, "x")) == 0
+    # --image_root may be the train2014 folder itself
+    source = VQAv2Source(str(questions), None, str(images / "train2014"), None, SkipLog())
+    assert color_index(decode_image(source[0].image, "x")) == 0
+    with pytest.raises(DataConfigError, match="cannot tell which COCO images"):
+        VQAv2Source(str(questions), None, str(tmp_path), None, SkipLog())
+
+
+def test_vqa_start_up_errors_name_the_fix(tmp_path):
+    questions, annotations, images = _write_vqa(tmp_path)
+    with pytest.raises(DataConfigError, match="does not exist"):
+        VQAv2Source(str(tmp_path / "missing.json"), None, str(images), None, SkipLog())
+    with pytest.raises(DataConfigError, match="not a VQAv2 questions file.*annotation_file"):
+        VQAv2Source(str(annotations), None, str(images), None, SkipLog())  # the files swapped
+    with pytest.raises(DataConfigError, match="not a VQAv2 annotations file"):
+        VQAv2Source(str(questions), str(questions), str(images), VOCABULARY, SkipLog())
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DataConfigError, match="not a VQAv2 questions file"):
+        VQAv2Source(str(tmp_path / "broken.json"), None, str(images), None, SkipLog())
+    with pytest.raises(DataConfigError, match="--answer_vocabulary_file"):
+        VQAv2Source(str(questions), str(annotations), str(images), None, SkipLog())
+    with pytest.raises(DataConfigError, match="--image_root"):
+        VQAv2Source(str(questions), None, None, None, SkipLog())
+    save_answer_vocabulary(str(tmp_path / "answers.json"), VOCABULARY)  # a vocabulary path works too
+    source = task_source("vqav2", "auto", str(questions), str(annotations), str(images), SkipLog(),
+                         answer_vocabulary=str(tmp_path / "answers.json"))  # fmt: skip
+    assert source.answer_vocabulary == VOCABULARY and len(source) == 2
+
+
+# --- SNLI-VE and NLVR2 json ----------------------------------------------------------------------------------------
+def test_snli_ve_jsonl(tmp_path):
+    folder = tmp_path / "flickr" / "flickr30k-images"  # the official layout: found under image_root
+    folder.mkdir(parents=True)
+    color_image(2).save(folder / "111.jpg", format="PNG")
+    rows = [
+        {"Flickr30K_ID": "111", "sentence1": "premise", "sentence2": " A dog runs. ", "gold_label": "entailment",
+         "pairID": "111.jpg#0r1e"},
+        {"Flickr30K_ID": "111", "sentence2": "a cat", "gold_label": "contradiction", "pairID": "p2"},
+        {"Flickr30K_ID": "111", "sentence2": "maybe", "gold_label": "neutral", "pairID": "p3"},
+        {"Flickr30K_ID": "111", "sentence2": "unlabelled", "gold_label": "-", "pairID": "p4"},
+        {"sentence2": "no image", "gold_label": "neutral"},
+    ]  # fmt: skip
+    lines = [json.dumps(row) for row in rows] + ["{broken"]
+    (tmp_path / "snli_ve_dev.jsonl").write_text("\n".join(lines) + "\n")
+    log = SkipLog(tmp_path / "skips.jsonl")
+    source = task_source("snli_ve", "auto", str(tmp_path / "snli_ve_dev.jsonl"), None, str(tmp_path / "flickr"), log)
+    assert isinstance(source, SnliVeSource) and len(source) == 3
+    assert [source[i].target for i in range(3)] == [2, 0, 1]
+    assert source[0].caption == "A dog runs." and source[0].example_id == "111.jpg#0r1e"
+    assert color_index(decode_image(source[0].image, "x")) == 2
+    assert log.counts() == {"bad_row": 3}
+    (tmp_path / "nlvr.json").write_text(json.dumps({"identifier": "dev-1-0-0", "sentence": "s", "label": "True"}))
+    with pytest.raises(DataConfigError, match="not an SNLI-VE jsonl file"):
+        SnliVeSource(str(tmp_path / "nlvr.json"), str(tmp_path), SkipLog())
+
+
+def _nlvr2_images(root, folder: str, pair: str, colors: tuple[int, int]) -> None:
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for i, color in enumerate(colors):
+        color_image(color).save(root / folder / f"{pair}-img{i}.png")
+
+
+def test_nlvr2_json_pairs_folders_and_labels(tmp_path):
+    root = tmp_path / "nlvr2"
+    _nlvr2_images(root, "train/7", "train-10171-0", (0, 1))
+    _nlvr2_images(root, "dev", "dev-850-0", (2, 3))
+    train_rows = [
+        {"identifier": "train-10171-0-0", "sentence": "two dogs", "label": "True", "directory": 7},
+        {"identifier": "train-10171-0-1", "sentence": "no dogs", "label": "False", "directory": 7},
+        {"identifier": "train-10171-0-2", "sentence": "odd label", "label": "Maybe", "directory": 7},
+    ]
+    (tmp_path / "train.json").write_text("\n".join(json.dumps(r) for r in train_rows) + "\n")
+    log = SkipLog(tmp_path / "skips.jsonl")
+    source = Nlvr2Source(str(tmp_path / "train.json"), str(root), log)
+    assert len(source) == 2 and log.counts() == {"bad_row": 1}
+    first = source[0]
+    assert first.target == 1 and source[1].target == 0 and first.example_id == "train-10171-0-0"
+    (image_1, image_1_id), = first.extra_images  # fmt: skip
+    assert color_index(decode_image(first.image, "x")) == 0 and color_index(decode_image(image_1, "x")) == 1
+    assert first.image_id != image_1_id and image_1_id.endswith("train-10171-0-img1")
+
+    # test questions without a label; images of the split straight under image_root with split_folder "."
+    (tmp_path / "test.json").write_text(json.dumps({"identifier": "dev-850-0-3", "sentence": "s"}) + "\n")
+    source = task_source("nlvr2", "nlvr2", str(tmp_path / "test.json"), None, str(root / "dev"), SkipLog(),
+                         split_folder=".")  # fmt: skip
+    assert source[0].target is None and color_index(decode_image(source[0].extra_images[0][0], "x")) == 3
+    with pytest.raises(DataConfigError, match="no image folder"):
+        Nlvr2Source(str(tmp_path / "test.json"), str(tmp_path), SkipLog())
+    # the official writer's layout: train images under images/train/
+    _nlvr2_images(tmp_path / "official", "images/train/7", "train-10171-0", (4, 5))
+    source = Nlvr2Source(str(tmp_path / "train.json"), str(tmp_path / "official"), SkipLog())
+    assert color_index(decode_image(source[0].image, "x")) == 4
+
+
+# --- the official arrow files --------------------------------------------------------------------------------------
+def _write_table(path, columns: dict) -> None:
+    import pyarrow as pa
+
+    table = pa.table(columns)
+    with pa.OSFile(str(path), "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _vqa_arrow(path, label2ans=("yes", "no", "2"), test=False) -> None:
+    """write_vqa.py's layout: one row per image, per-question lists."""
+    labels = [[[0, 1]], [[2], []]]
+    scores = [[[1.0, 0.3]], [[0.6], []]]
+    _write_table(path, {
+        "image": [jpeg_bytes(color_image(0)), jpeg_bytes(color_image(1))],
+        "questions": [["is it red?"], ["how many?", "which?"]],
+        "answers": [[] for _ in labels] if test else [[[label2ans[i] for i in q] for q in row] for row in labels],
+        "answer_labels": [[] for _ in labels] if test else labels,
+        "answer_scores": [[] for _ in labels] if test else scores,
+        "image_id": [1, 2],
+        "question_id": [[10], [20, 21]],
+        "split": ["test" if test else "val"] * 2,
+    })  # fmt: skip
+
+
+def test_vqa_arrow_targets_and_vocabulary_checks(tmp_path):
+    _vqa_arrow(tmp_path / "vqav2_val.arrow")
+    source = VQAv2ArrowSource([str(tmp_path / "vqav2_val.arrow")], SkipLog(), VOCABULARY)
+    assert len(source) == 2 and source.num_unanswerable == 1  # question 21 has no class
+    assert source[0].target == {"labels": [0, 1], "scores": [1.0, 0.3], "answers": []}
+    assert source[1].example_id == "20" and source[1].caption == "how many?"
+    assert color_index(decode_image(source[1].image, "x")) == 1
+    assert answer_vocabulary_from_arrow([str(tmp_path / "vqav2_val.arrow")]) == VOCABULARY
+    with pytest.raises(DataConfigError, match="--answer_vocabulary_file"):
+        VQAv2ArrowSource([str(tmp_path / "vqav2_val.arrow")], SkipLog(), None)
+    with pytest.raises(DataConfigError, match="another answer vocabulary.*class 1 is 'no'"):
+        VQAv2ArrowSource([str(tmp_path / "vqav2_val.arrow")], SkipLog(), ["yes", "2", "no"])
+    # a class no file names cannot be rebuilt
+    _write_table(tmp_path / "gap.arrow", {"answers": [[["x"]]], "answer_labels": [[[2]]]})
+    with pytest.raises(DataConfigError, match=r"classes \[0, 1\]"):
+        answer_vocabulary_from_arrow([str(tmp_path / "gap.arrow")])
+
+    # test files: empty answer lists, no vocabulary needed, target None
+    _vqa_arrow(tmp_path / "vqav2_test.arrow", test=True)
+    source = task_source("vqa", "auto", str(tmp_path / "vqav2_test.arrow"), None, None, SkipLog())
+    assert len(source) == 3 and all(source[i].target is None for i in range(3))
+    assert [source[i].example_id for i in range(3)] == ["10", "20", "21"]
+
+
+def test_snli_ve_and_nlvr2_arrow(tmp_path):
+    _write_table(tmp_path / "snli_dev.arrow", {
+        "image": [jpeg_bytes(color_image(3)), jpeg_bytes(color_image(4))],
+        "sentences": [[["premise", " a dog "], ["premise", "a cat"]], [["p", "h"]]],
+        "labels": [[2, 0], [7]],  # 7: no class
+    })  # fmt: skip
+    log = SkipLog(tmp_path / "skips.jsonl")
+    source = SnliVeArrowSource([str(tmp_path / "snli_dev.arrow")], log)
+    assert [(source[i].caption, source[i].target) for i in range(len(source))] == [("a dog", 2), ("a cat", 0)]
+    assert color_index(decode_image(source[0].image, "x")) == 3 and log.counts() == {"bad_row": 1}
+
+    _write_table(tmp_path / "nlvr2_dev.arrow", {
+        "image_0": [jpeg_bytes(color_image(5))],
+        "image_1": [jpeg_bytes(color_image(6))],
+        "questions": [["left has more", "right has more", "odd"]],
+        "answers": [["True", "False", "yes"]],
+        "identifier": ["dev-850-0"],
+    })  # fmt: skip
+    source = task_source("nlvr2", "arrow", [str(tmp_path / "nlvr2_dev.arrow")], None, None, log)
+    assert isinstance(source, Nlvr2ArrowSource) and len(source) == 2 and log.counts() == {"bad_row": 2}
+    record = source[1]
+    assert record.target == 0 and record.example_id == "dev-850-0[1]"
+    assert color_index(decode_image(record.image, "x")) == 5
+    assert color_index(decode_image(record.extra_images[0][0], "x")) == 6
+
+    with pytest.raises(DataConfigError, match="lacks the columns.*write_nlvr2.py"):
+        Nlvr2ArrowSource([str(tmp_path / "snli_dev.arrow")], SkipLog())
+    (tmp_path / "not.arrow").write_bytes(b"not arrow")
+    with pytest.raises(DataConfigError, match="not an Arrow IPC file"):
+        SnliVeArrowSource([str(tmp_path / "not.arrow")], SkipLog())
+
+
+def test_factory_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(DataConfigError, match="choose one of"):
+        task_source("gqa", "auto", "x.json")
+    with pytest.raises(DataConfigError, match="cannot read nlvr2 data"):
+        task_source("nlvr2", "karpathy", "x.json", image_root=str(tmp_path))
+    with pytest.raises(DataConfigError, match="does not exist"):
+        task_source("snli_ve", "snli_ve", str(tmp_path / "missing.jsonl"), image_root=str(tmp_path))

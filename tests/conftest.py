@@ -22,6 +22,36 @@ TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
 TRANSFORMERS_EPS = dict(cross_modal_layer_norm_eps=1e-5, mlm_head_layer_norm_eps=1e-5)
 
 
+PRETRAIN_STEPS = 600  # batch 64, in-batch negatives: ITM is learned by then (measured), MLM colours much earlier
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory) -> str:
+    """A tiny BridgeTower pre-trained once per test session on the synthetic shapes (MLM + ITM) with the synthetic
+    tokenizer: the inference and fine-tuning tests start from it."""
+    from bridgetower_gaudi.training.pretrain import main
+
+    output_dir = tmp_path_factory.mktemp("pretrained") / "checkpoint"
+    main(
+        ["--config_name", "tiny", "--dataset_format", "synthetic", "--do_train", "--max_steps", str(PRETRAIN_STEPS),
+         "--per_device_train_batch_size", "64", "--max_seq_length", "16",
+         "--synthetic_train_size", str(64 * PRETRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
+         "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-4", "--dataloader_num_workers", "0",
+         "--seed", "0", "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    return str(output_dir)
+
+
+@pytest.fixture(scope="session")
+def task_tokenizer(tmp_path_factory) -> str:
+    """The synthetic tokenizer with the downstream tasks' words appended (ids of the others unchanged)."""
+    from bridgetower_gaudi.data.synthetic import synthetic_tokenizer
+
+    path = tmp_path_factory.mktemp("task_tokenizer")
+    synthetic_tokenizer(task_words=True).save_pretrained(path)
+    return str(path)
+
+
 def tiny_config(**overrides) -> BridgeTowerConfig:
     return BridgeTowerConfig(**{**PRESETS["tiny"], **TINY_ITC, **overrides})
 

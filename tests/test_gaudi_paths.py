@@ -250,3 +250,13 @@ def test_device_report_runs_on_cpu():
                           timeout=120, env=dict(os.environ, PT_HPU_LAZY_MODE="1"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "backend: cpu" in done.stdout and "lazy_mode: on" in done.stdout and "synapse:" in done.stdout
+
+
+def test_device_package_imports_nothing_from_training():
+    """The layering: training/ builds on device/, never the other way round."""
+    folder = os.path.join(ROOT, "bridgetower_gaudi", "device")
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                source = f.read()
+            assert "..training" not in source and "bridgetower_gaudi.training" not in source, name

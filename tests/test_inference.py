@@ -24,7 +24,6 @@ from bridgetower_gaudi.pipeline import CACHE_DIR_NAME, BridgeTowerPipeline, Pipe
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_STEPS = 600  # batch 64, in-batch negatives: ITM is learned by then (measured), MLM colours much earlier
 IMAGE_SIZE = 32  # the tiny preset's
 
 
@@ -33,18 +32,8 @@ def caption(attributes: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from bridgetower_gaudi.training.pretrain import main
-
-    output_dir = tmp_path_factory.mktemp("inference") / "checkpoint"
-    main(
-        ["--config_name", "tiny", "--dataset_format", "synthetic", "--do_train", "--max_steps", str(TRAIN_STEPS),
-         "--per_device_train_batch_size", "64", "--max_seq_length", "16",
-         "--synthetic_train_size", str(64 * TRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
-         "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-4", "--dataloader_num_workers", "0",
-         "--seed", "0", "--output_dir", str(output_dir)]
-    )  # fmt: skip
-    return str(output_dir)
+def checkpoint(pretrained_checkpoint):
+    return pretrained_checkpoint
 
 
 @pytest.fixture(scope="module")

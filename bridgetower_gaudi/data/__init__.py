@@ -1,7 +1,7 @@
 """One data path for every device and task: sources -> decode / transform / tokenize -> MLM / ITM collator."""
 
 from .builder import DataArguments, build_dataset, build_sources, guess_format
-from .collator import PretrainingCollator
+from .collator import PretrainingCollator, TaskCollator
 from .dataset import ExampleBuilder, ImageTextDataset, StreamingImageTextDataset
 from .images import ImageTransform, decode_image
 from .records import SKIP_REASONS, BadRecord, RawRecord, SkipLog
@@ -21,6 +21,7 @@ __all__ = [
     "SkipLog",
     "StreamingImageTextDataset",
     "SyntheticSource",
+    "TaskCollator",
     "build_dataset",
     "build_sources",
     "decode_image",

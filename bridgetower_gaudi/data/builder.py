@@ -20,7 +20,8 @@ from .sources import (
 )
 from .synthetic import SyntheticSource
 
-FORMATS = ("auto", "karpathy", "arrow", "webdataset", "jsonl", "csv", "synthetic")
+# The pre-training / retrieval readers, then the downstream tasks' own files (data.task_sources).
+FORMATS = ("auto", "karpathy", "arrow", "webdataset", "jsonl", "csv", "synthetic", "vqa_v2", "snli_ve", "nlvr2")
 
 
 @dataclass
@@ -29,6 +30,13 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` configuration."})
     train_file: list[str] | None = field(default=None, metadata={"help": "One or more training files (mixed)."})
     validation_file: list[str] | None = field(default=None, metadata={"help": "One or more validation files."})
+    test_file: list[str] | None = field(
+        default=None, metadata={"help": "Test files for --do_predict (VQAv2: the test questions json)."}
+    )
+    train_annotation_file: str | None = field(default=None, metadata={"help": "VQAv2: the training annotations."})
+    validation_annotation_file: str | None = field(
+        default=None, metadata={"help": "VQAv2: the validation annotations."}
+    )
     dataset_format: str = field(default="synthetic", metadata={"help": f"One of {FORMATS}; auto guesses per file."})
     image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths start from."})
     image_column: str = field(default="image", metadata={"help": "Column / field holding the image."})
@@ -74,7 +82,9 @@ class DataArguments:
             raise DataConfigError(f"--dataset_format {self.dataset_format!r}: choose one of {FORMATS}.")
         if self.itm_negatives is not None and self.itm_negatives not in ITM_NEGATIVES:
             raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose one of {ITM_NEGATIVES[:3]}.")
-        if self.dataset_format != "synthetic" and not (self.dataset_name or self.train_file or self.validation_file):
+        if self.dataset_format != "synthetic" and not (
+            self.dataset_name or self.train_file or self.validation_file or self.test_file
+        ):
             raise DataConfigError(
                 f"--dataset_format {self.dataset_format} needs --train_file / --validation_file or --dataset_name."
             )

@@ -44,6 +44,7 @@ class PretrainingCollator:
     reuse_image_features: bool = False
     mlm: bool = True
     seed: int | None = None
+    itc_image_ids: bool = False  # retrieval: send each caption's image as an integer (soft ITC targets)
 
     def __post_init__(self):
         if self.itm_negatives not in ITM_NEGATIVES:
@@ -73,6 +74,8 @@ class PretrainingCollator:
             batch.update(self.pair_images(examples, batch["pixel_values"], image_ids, generator))
         elif self.itm_negatives == "itc_hard":
             batch["itm_negative_mask"] = torch.tensor([[a != b for b in image_ids] for a in image_ids])
+        if self.itc_image_ids:  # 24 bits: exact when the model gathers them as floats; a collision merely softens
+            batch["itc_image_ids"] = torch.tensor([zlib.crc32(i.encode()) & 0xFFFFFF for i in image_ids])
         return batch
 
     def pair_images(self, examples, pixel_values, image_ids, generator=None) -> dict:
@@ -139,3 +142,16 @@ class PretrainingCollator:
         for column in range(1, input_ids.shape[1]):
             chosen[:, column] = torch.where(continues[:, column], chosen[:, column - 1], chosen[:, column])
         return chosen & candidates
+
+
+@dataclass
+class TaskCollator:
+    """Batch assembly for the downstream tasks: every tensor of the examples stacked (the captions are already
+    padded to one length, the images one size: static shapes); ids and other non-tensor fields dropped."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {
+            key: torch.stack([example[key] for example in examples])
+            for key, value in examples[0].items()
+            if isinstance(value, torch.Tensor)
+        }

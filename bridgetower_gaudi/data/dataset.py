@@ -24,10 +24,13 @@ MAX_CONSECUTIVE_SKIPS = 100
 
 
 class ExampleBuilder:
-    """RawRecord -> model example (pixel_values, input_ids, attention_mask[, token_type_ids], image_id)."""
+    """RawRecord -> model example (pixel_values, input_ids, attention_mask[, token_type_ids], image_id). For the
+    downstream tasks also `pixel_values_2` (a record's second image, NLVR2), `example_id`, and what
+    `encode_target(record)` makes of the record's target (e.g. {"labels": tensor})."""
 
-    def __init__(self, tokenizer, transform: ImageTransform, max_seq_length: int = 50):
+    def __init__(self, tokenizer, transform: ImageTransform, max_seq_length: int = 50, encode_target=None):
         self.tokenizer, self.transform, self.max_seq_length = tokenizer, transform, max_seq_length
+        self.encode_target = encode_target
 
     def caption(self, record: RawRecord) -> dict:
         caption = record.caption
@@ -49,6 +52,12 @@ class ExampleBuilder:
         example = self.caption(record)
         example["pixel_values"] = self.image(record)
         example["image_id"] = record.image_id
+        for number, (image, _) in enumerate(record.extra_images, start=2):
+            example[f"pixel_values_{number}"] = self.transform(decode_image(image, f"{record.name} (image {number})"))
+        if record.example_id is not None:
+            example["example_id"] = record.example_id
+        if self.encode_target is not None:
+            example.update(self.encode_target(record))
         return example
 
 

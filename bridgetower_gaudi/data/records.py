@@ -41,8 +41,9 @@ class RawRecord:
     """One example before decoding: a text with its image (bytes, a file path, or a PIL image), and for the
     downstream tasks a target and further images.
 
-    - `target`: the task's answer, as read from the file (VQA: {answer: soft score}; SNLI-VE / NLVR2: a class
-      index); the task turns it into tensors.
+    - `target`: the task's answer, as read from the file (VQA: {"labels": [class], "scores": [soft score],
+      "answers": [the annotators' raw answers]}; SNLI-VE / NLVR2: a class index; None for test examples); the task
+      turns it into tensors.
     - `extra_images`: further (image, image_id) pairs of the same example (NLVR2's second image).
     - `example_id`: the example's own id where the task reports per example (VQA question_id, NLVR2 identifier).
     """

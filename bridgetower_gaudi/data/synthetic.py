@@ -29,17 +29,23 @@ TEMPLATES = (
 )
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ATTRIBUTE_WORDS = frozenset(COLORS) | frozenset(SHAPES) | frozenset(POSITIONS)
+# The downstream tasks' synthetic questions and statements (VQA, SNLI-VE, NLVR2).
+QUESTIONS = {"color": "what color is the shape", "shape": "what shape is it", "position": "where is the shape"}
+TASK_WORDS = ("what", "color", "shape", "it", "where", "somewhere", "image", "left", "right", "first", "second")
 
 
-def synthetic_vocabulary() -> list[str]:
+def synthetic_vocabulary(task_words: bool = False) -> list[str]:
     words = {w for template in TEMPLATES for w in template.replace("{", " ").replace("}", " ").split()}
     words -= {"color", "shape", "position"}
-    return SPECIAL_TOKENS + sorted(words | ATTRIBUTE_WORDS)
+    vocabulary = SPECIAL_TOKENS + sorted(words | ATTRIBUTE_WORDS)
+    # Appended, so that pre-training's ids (and its seeded runs) stay as they were.
+    return vocabulary + [w for w in TASK_WORDS if w not in vocabulary] if task_words else vocabulary
 
 
-def synthetic_tokenizer() -> PreTrainedTokenizerFast:
-    """A BERT-style word-level tokenizer over the synthetic captions' words ([CLS] caption [SEP])."""
-    vocab = {word: index for index, word in enumerate(synthetic_vocabulary())}
+def synthetic_tokenizer(task_words: bool = False) -> PreTrainedTokenizerFast:
+    """A BERT-style word-level tokenizer over the synthetic captions' words ([CLS] caption [SEP]); `task_words`
+    adds the words of the downstream tasks' questions and statements."""
+    vocab = {word: index for index, word in enumerate(synthetic_vocabulary(task_words))}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -107,3 +113,63 @@ class SyntheticSource(MapSource):
             image_id=f"{self.name}:{index}",
             name=f"{self.name}[{index}]",
         )
+
+
+class SyntheticTaskSource(MapSource):
+    """Learnable stand-ins for the downstream tasks, on the same shapes (records carry the task's target):
+
+    - "vqa": "what color is the shape" / "what shape is it" / "where is the shape"; target {"answers": 10 x the
+      attribute} (as VQAv2's ten annotator answers).
+    - "snli_ve": the hypothesis states colour, shape and position: all true (entailment 2), another colour
+      (contradiction 0), or the right colour and shape with the position left open, "somewhere" (neutral 1).
+    - "nlvr2": two images; "the first image shows a red circle" (or second), true or false (target 1 / 0).
+    - "retrieval": the pre-training captions, two per image (records 2i, 2i + 1 describe image i), no target.
+    """
+
+    def __init__(self, task: str, size: int = 1000, seed: int = 0, image_size: int = 64):
+        if task not in ("vqa", "snli_ve", "nlvr2", "retrieval"):
+            raise ValueError(f"no synthetic data for task {task!r}.")
+        self.task, self.size, self.seed, self.image_size = task, size, seed, image_size
+        self.name = f"synthetic_{task}"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _image(self, index: int) -> tuple[dict, Image.Image, str]:
+        attributes = synthetic_attributes(self.seed, index)
+        return attributes, draw_shape(attributes, self.image_size), f"{self.name}:{index}"
+
+    def __getitem__(self, index: int) -> RawRecord:
+        rng = np.random.default_rng([self.seed, index, 7])
+        attributes, image, image_id = self._image(index)
+        name = f"{self.name}[{index}]"
+        if self.task == "vqa":
+            asked = ("color", "shape", "position")[rng.integers(3)]
+            return RawRecord(image, QUESTIONS[asked], image_id, name, target={"answers": [attributes[asked]] * 10},
+                             example_id=str(index))  # fmt: skip
+        if self.task == "snli_ve":
+            label = int(rng.integers(3))
+            words = dict(attributes)
+            if label == 0:  # contradiction: another colour
+                others = [c for c in COLORS if c != attributes["color"]]
+                words["color"] = others[rng.integers(len(others))]
+            elif label == 1:  # neutral: the position cannot be checked
+                words["position"] = "somewhere"
+            hypothesis = f"a {words['color']} {words['shape']} on the {words['position']}"
+            return RawRecord(image, hypothesis, image_id, name, target=label, example_id=str(index))
+        if self.task == "nlvr2":
+            other_attributes, other_image, other_id = self._image(self.size + index)  # a second, unseen-index image
+            which = int(rng.integers(2))
+            described = (attributes, other_attributes)[which]
+            label = int(rng.integers(2))
+            color = described["color"]
+            if not label:
+                others = [c for c in COLORS if c != color]
+                color = others[rng.integers(len(others))]
+            sentence = f"the {('first', 'second')[which]} image shows a {color} {described['shape']}"
+            return RawRecord(image, sentence, image_id, name, target=label, extra_images=((other_image, other_id),),
+                             example_id=str(index))  # fmt: skip
+        # retrieval: two captions per image (record 2i and 2i + 1 describe image i, in two templates)
+        attributes, image, image_id = self._image(index // 2)
+        template = TEMPLATES[(TEMPLATES.index(attributes["template"]) + index % 2) % len(TEMPLATES)]
+        return RawRecord(image, template.format(**attributes), image_id, name)

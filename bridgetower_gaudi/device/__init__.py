@@ -1,4 +1,4 @@
-"""The one place that knows devices: which backend runs, which flags it accepts, which trainer it gets.
+"""The one place that knows devices: which backend runs, which flags it accepts, how Gaudi is set up.
 
 HPU code (optimum.habana, habana_frameworks) is imported only from `device.gaudi`, and only when `--use_habana`
 is given: `import optimum.habana` fails on machines without Intel Gaudi software.
@@ -13,7 +13,7 @@ import os
 import torch
 from transformers.utils import is_torch_hpu_available
 
-from ..training.arguments import HPU_ONLY_FLAGS
+from .flags import HPU_ONLY_FLAGS
 
 # Shipped inside the package (wheel and image installs have no run_scripts/): Habana/clip's three keys.
 DEFAULT_GAUDI_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaudi_config.json")
@@ -158,14 +158,3 @@ def parsing_context(training_arguments_class):
 
         return gaudi.transformers_towers_kept()
     return contextlib.nullcontext()
-
-
-def trainer_class(args):
-    """GaudiTrainer-based on HPU (or whenever `args` are GaudiTrainingArguments), transformers' Trainer elsewhere."""
-    from ..training.trainer import BridgeTowerTrainer
-
-    if is_gaudi_arguments(args):
-        from . import gaudi
-
-        return gaudi.GaudiBridgeTowerTrainer
-    return BridgeTowerTrainer

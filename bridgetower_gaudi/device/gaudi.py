@@ -12,10 +12,9 @@ from transformers import Trainer
 from transformers.models.bert import modeling_bert
 from transformers.models.clip import modeling_clip
 
-from ..training.arguments import ExampleScriptArguments
-from ..training.trainer import BridgeTowerTrainerMixin
 from . import DEFAULT_GAUDI_CONFIG, GAUDI_ATTENTION
 from .attention import register_tower_attention
+from .flags import ExampleScriptArguments
 
 
 @dataclass
@@ -72,20 +71,23 @@ def load_gaudi_config(args) -> GaudiConfig:
     return config
 
 
-class GaudiBridgeTowerTrainer(BridgeTowerTrainerMixin, GaudiTrainer):
-    """GaudiTrainer with BridgeTower's optimizer groups and metrics, and transformers' loss scaling."""
+class CorrectedGaudiTrainer(GaudiTrainer):
+    """GaudiTrainer with the GaudiConfig loaded from the arguments, transformers' loss scaling under gradient
+    accumulation, and Habana's fused AdamW offered to subclasses (`fused_adamw_class`). Knows nothing of
+    BridgeTower: `training.trainer` puts BridgeTower's optimizer groups and metrics on top."""
 
     def __init__(self, *args, gaudi_config: GaudiConfig | None = None, **kwargs):
         self._divide_loss = False
         training_args = kwargs.get("args")
         super().__init__(*args, gaudi_config=gaudi_config or load_gaudi_config(training_args), **kwargs)
 
-    def optimizer_class(self):
+    def fused_adamw_class(self):
+        """Habana's FusedAdamW when the GaudiConfig asks for it on HPU (not under DeepSpeed), else None."""
         if self.gaudi_config.use_fused_adam and self.args.use_habana and not self.args.deepspeed:
             from habana_frameworks.torch.hpex.optimizers import FusedAdamW
 
-            return FusedAdamW, {}
-        return super().optimizer_class()
+            return FusedAdamW
+        return None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # GaudiTrainer 1.21.2 divides the loss by the accumulation steps only under lazy mode + pipelining_fwd_bwd;
@@ -123,3 +125,9 @@ def wrap_in_hpu_graph(module):
     from habana_frameworks.torch.hpu import wrap_in_hpu_graph as wrap
 
     return wrap(module)
+
+
+def register_hccl_backend() -> None:
+    """Make torch.distributed's "hccl" backend (Gaudi's collectives) available: importing Habana's module registers
+    it. For processes that start their own group (run_eval_retrieval.py under torchrun); Trainer does it itself."""
+    import habana_frameworks.torch.distributed.hccl  # noqa: F401

@@ -658,8 +658,9 @@ def _setup_distributed(device: str) -> str:
         dist.init_process_group("nccl")
         return f"cuda:{local_rank}"
     if device == "hpu":
-        import habana_frameworks.torch.distributed.hccl  # noqa: F401 (registers the hccl backend)
+        from ..device.gaudi import register_hccl_backend
 
+        register_hccl_backend()
         dist.init_process_group("hccl")
         return device
     dist.init_process_group("gloo")

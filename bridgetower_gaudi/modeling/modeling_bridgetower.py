@@ -721,6 +721,8 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
       where image j is a valid negative for caption i), ITM runs on ITC-sampled hard negatives instead: for each
       pair one negative image for its text and one negative text for its image, drawn from softmax(similarity) of
       the local batch, so ITM sees positives : negatives = 1 : 2 (ALBEF, the official `compute_itm_itc`).
+      `itc_image_ids` (one integer per caption's image) make the ITC targets soft over the captions of the same
+      image, as retrieval fine-tuning does.
     """
 
     _tied_weights_keys = ["mlm_score.decoder.weight"]
@@ -772,8 +774,10 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         last_cls = self.bridgetower._vision_layernorm(image.hidden_states[-1][:, 0], self.config.num_vision_layers)
         return F.normalize(self.itc_image_head(last_cls), dim=-1)
 
-    def _itc(self, text: TowerOutput, image: TowerOutput):
-        """ITC loss and the local (batch x batch) temperature-scaled similarities (image rows, text columns)."""
+    def _itc(self, text: TowerOutput, image: TowerOutput, image_ids: torch.Tensor | None = None):
+        """ITC loss and the local (batch x batch) temperature-scaled similarities (image rows, text columns).
+        Targets: the diagonal (pre-training), or with `image_ids` soft over every gathered caption of the same
+        image (retrieval fine-tuning, the official `compute_itm_itc(pretrain=False)`)."""
         text_embeds = self.itc_text_embeddings(text)
         image_embeds = self.itc_image_embeddings(image)
         with torch.no_grad():
@@ -783,7 +787,14 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         batch = text_embeds.shape[0]
         image_to_text = (image_embeds @ all_text.t()).float() / self.temperature
         text_to_image = (text_embeds @ all_image.t()).float() / self.temperature
-        targets = torch.arange(batch, device=image_to_text.device) + batch * rank
+        if image_ids is None:
+            targets = torch.arange(batch, device=image_to_text.device) + batch * rank
+        else:
+            image_ids = image_ids.to(image_to_text.device)
+            with torch.no_grad():
+                all_ids, _ = gather_with_grad(image_ids.float())  # ids are < 2**24: exact as float
+            same_image = (image_ids.float()[:, None] == all_ids[None, :]).float()
+            targets = same_image / same_image.sum(dim=1, keepdim=True)
         loss = (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
         local = slice(batch * rank, batch * (rank + 1))
         return loss, image_to_text[:, local].detach(), text_to_image[:, local].detach()
@@ -808,6 +819,7 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         itm_pixel_values: torch.FloatTensor | None = None,
         itm_pixel_mask: torch.LongTensor | None = None,
         itm_negative_mask: torch.BoolTensor | None = None,
+        itc_image_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
     ) -> BridgeTowerForPreTrainingOutput:
         bridgetower = self.bridgetower
@@ -825,7 +837,7 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
             clean_ids = input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
             text = bridgetower.encode_text(clean_ids, attention_mask, token_type_ids)
             if self.use_itc:
-                itc_loss, image_to_text, text_to_image = self._itc(text, image)
+                itc_loss, image_to_text, text_to_image = self._itc(text, image, itc_image_ids)
             if self.use_itc and itm_negative_mask is not None:  # ITC-sampled hard negatives
                 batch = clean_ids.shape[0]
                 own = torch.arange(batch, device=clean_ids.device)

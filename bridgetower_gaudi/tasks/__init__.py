@@ -2,9 +2,16 @@
 paper's recipe, model class, data, collators and metrics. `TASKS[name]()` gives one."""
 
 from .base import Metrics, Task
+from .nlvr2 import Nlvr2Task
 from .pretrain import ItmTask, MlmTask, PretrainTask
+from .retrieval import RetrievalTask
+from .snli_ve import SnliVeTask
+from .vqa import VqaTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (PretrainTask, ItmTask, MlmTask)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (PretrainTask, ItmTask, MlmTask, RetrievalTask, VqaTask, SnliVeTask, Nlvr2Task)
+}
+FINETUNING_TASKS = ("itm", "mlm", "retrieval", "vqa", "snli_ve", "nlvr2")
 
 
 def get_task(name: str) -> Task:
@@ -13,4 +20,17 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ItmTask", "Metrics", "MlmTask", "PretrainTask", "Task", "get_task"]
+__all__ = [
+    "FINETUNING_TASKS",
+    "TASKS",
+    "ItmTask",
+    "Metrics",
+    "MlmTask",
+    "Nlvr2Task",
+    "PretrainTask",
+    "RetrievalTask",
+    "SnliVeTask",
+    "Task",
+    "VqaTask",
+    "get_task",
+]

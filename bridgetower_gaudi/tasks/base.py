@@ -31,6 +31,8 @@ class Task:
     recipe_flags: ClassVar[list[str]] = []
     # Metric printed by the summary line: (label, results key).
     summary_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Synthetic data's tokenizer also knows the downstream tasks' question words (VQA, SNLI-VE, NLVR2).
+    synthetic_task_words: ClassVar[bool] = False
 
     def resolve(self, task_args: RecipeArguments, data_args: DataArguments) -> None:
         """Settle defaults that depend on other flags and refuse combinations that cannot work (nothing is built

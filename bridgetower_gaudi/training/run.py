@@ -26,13 +26,13 @@ from ..device import (
     require_use_habana_on_hpu,
     resolve_training_arguments,
     share_cpu_cores_with_loader_workers,
-    trainer_class,
 )
 from ..modeling import PRESETS, BridgeTowerConfig
 from ..modeling.backbones import set_image_size
 from ..tasks.base import Task
 from .arguments import PAPER_OPTIMIZER_FLAGS, BridgeTowerTrainingArguments, ModelArguments, RecipeArguments
 from .optimization import freeze_towers
+from .trainer import trainer_class
 
 logger = logging.getLogger("bridgetower_gaudi")
 
@@ -114,12 +114,14 @@ def parse_overrides(text: str | None) -> dict:
     return overrides
 
 
-def load_tokenizer(model_args: ModelArguments, data_args: DataArguments):
+def load_tokenizer(model_args: ModelArguments, data_args: DataArguments, task_words: bool = False):
+    """The checkpoint's (or `--tokenizer_name`'s) tokenizer; on synthetic data without one, the synthetic word
+    tokenizer (with the downstream tasks' question words when `task_words`)."""
     source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.text_model_name_or_path
     if source:
         return AutoTokenizer.from_pretrained(source)
     if data_args.dataset_format == "synthetic":
-        return synthetic_tokenizer()
+        return synthetic_tokenizer(task_words)
     raise ValueError("no tokenizer: pass --tokenizer_name (or a checkpoint with one) for this data set.")
 
 
@@ -127,11 +129,15 @@ def build_model(model_cls, model_args: ModelArguments, data_args: DataArguments,
     """A `model_cls` from a checkpoint (`--model_name_or_path`, at `--image_size` when given: position embeddings
     interpolated), from uni-modal backbones, or freshly initialised from a preset / config; `overrides` (and
     `--config_overrides`) set config fields."""
-    overrides = {**parse_overrides(model_args.config_overrides), **overrides}
+    overrides = {**overrides, **parse_overrides(model_args.config_overrides)}  # the user's flag wins
     if model_args.model_name_or_path:
         model = model_cls.from_pretrained(model_args.model_name_or_path, **overrides)
         if data_args.image_size:
             set_image_size(model, data_args.image_size)
+        if len(tokenizer) > model.config.text_config.vocab_size:  # a tokenizer with added words (--tokenizer_name)
+            logger.info("text vocabulary %d -> %d (new rows initialised)", model.config.text_config.vocab_size,
+                        len(tokenizer))  # fmt: skip
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         return model
     if model_args.vision_model_name_or_path or model_args.text_model_name_or_path:
         if not (model_args.vision_model_name_or_path and model_args.text_model_name_or_path):
@@ -171,7 +177,7 @@ def build_trainer(task, model_args, data_args, task_args, args):
         task.predict(None, None, args.output_dir)  # says that this task has no prediction step, before training
     if threads := share_cpu_cores_with_loader_workers(args):
         logger.info("CPU: %d torch threads, one core left to each data-loader worker", threads)
-    tokenizer = load_tokenizer(model_args, data_args)
+    tokenizer = load_tokenizer(model_args, data_args, task.synthetic_task_words)
     model = task.build_model(model_args, task_args, data_args, tokenizer)
     freeze_towers(model, task_args.freeze_text_tower, task_args.freeze_vision_tower)
     image_size = data_args.image_size or model.config.vision_config.image_size

@@ -4,6 +4,7 @@ the same on every device."""
 
 from __future__ import annotations
 
+import functools
 import time
 from functools import partial
 
@@ -12,13 +13,14 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import seed_worker
 
 from ..data import SkipLog
+from ..device import is_gaudi_arguments
 from ..modeling import checkpoint_conversion
 from .arguments import RecipeArguments
 from .optimization import parameter_groups, torch_param_groups
 
 
 class BridgeTowerTrainerMixin:
-    """Shared by BridgeTowerTrainer (transformers) and GaudiBridgeTowerTrainer (optimum-habana)."""
+    """Shared by BridgeTowerTrainer (transformers) and the Gaudi trainer (`gaudi_trainer_class`)."""
 
     def __init__(self, *args, recipe_args: RecipeArguments | None = None, skip_log=None, eval_skip_log=None,
                  eval_data_collator=None, **kwargs):  # fmt: skip
@@ -149,3 +151,24 @@ class BridgeTowerTrainer(BridgeTowerTrainerMixin, Trainer):
         if self.throughput is not None and self.throughput.samples_per_second is not None:
             result.metrics["train_samples_per_second"] = self.throughput.samples_per_second
         return result
+
+
+@functools.cache
+def gaudi_trainer_class():
+    """BridgeTower's trainer on optimum-habana's GaudiTrainer (imports optimum.habana: `--use_habana` only)."""
+    from ..device.gaudi import CorrectedGaudiTrainer
+
+    class GaudiBridgeTowerTrainer(BridgeTowerTrainerMixin, CorrectedGaudiTrainer):
+        """GaudiTrainer with BridgeTower's optimizer groups (Habana's fused AdamW when the GaudiConfig says so),
+        evaluation collator and skipped-record report."""
+
+        def optimizer_class(self):
+            fused = self.fused_adamw_class()
+            return (fused, {}) if fused is not None else super().optimizer_class()
+
+    return GaudiBridgeTowerTrainer
+
+
+def trainer_class(args):
+    """GaudiTrainer-based on HPU (or whenever `args` are GaudiTrainingArguments), transformers' Trainer elsewhere."""
+    return gaudi_trainer_class() if is_gaudi_arguments(args) else BridgeTowerTrainer

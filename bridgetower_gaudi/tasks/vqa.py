@@ -1,0 +1,155 @@
+"""VQAv2: answer classification over a vocabulary with soft targets (the paper's recipe, the official
+`compute_vqa`, `task_finetune_vqa_clip_bert` and scripts/ftfpt_base_vqa.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data import TaskCollator
+from ..data.synthetic import ATTRIBUTE_WORDS
+from ..evaluation import vqa as vqa_metrics
+from ..modeling import BridgeTowerForVisualQuestionAnswering
+from ..training.arguments import RecipeArguments
+from ..training.run import build_model
+from .base import Metrics, Task
+from .finetune import apply_paper_resolution, predict_every_example, task_dataset
+
+
+@dataclass
+class VqaArguments(RecipeArguments):
+    answer_vocabulary_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A json list of answers (the classifier's labels). Default: the checkpoint's (a VQA model), else "
+            "built from the training annotations' multiple_choice_answer (normalised, count >= --min_answer_count)."
+        },
+    )
+    min_answer_count: int = field(default=9, metadata={"help": "Answers kept in a built vocabulary (official: 9)."})
+
+
+class VqaTask(Task):
+    name = "vqa"
+    arguments_class = VqaArguments
+    recipe_flags = [
+        "--learning_rate", "1e-5",  # large: 4e-6
+        "--warmup_ratio", "0.06",
+        "--weight_decay", "0.05",
+        "--head_lr_multiplier", "50",
+        "--cross_modal_lr_multiplier", "5",
+        "--num_train_epochs", "10",
+        "--max_seq_length", "50",
+        "--image_transform", "blip_randaug_wohf",  # no flip: "left" / "right" answers
+    ]  # fmt: skip
+    summary_metrics = (("VQA score", "eval_vqa_score"),)
+    synthetic_task_words = True
+    paper_resolution = {(768, 16): 576, (1024, 14): 574}
+
+    def __init__(self):
+        self.answers: list[str] | None = None
+
+    def answer_vocabulary(self, model_args, task_args: VqaArguments, data_args) -> list[str]:
+        if task_args.answer_vocabulary_file:
+            return vqa_metrics.load_answer_vocabulary(task_args.answer_vocabulary_file)
+        if data_args.dataset_format == "synthetic" and not data_args.train_file:
+            return sorted(ATTRIBUTE_WORDS)
+        files = (data_args.train_file or []) + (data_args.validation_file or [])
+        if files and all(path.endswith(".arrow") for path in files):  # the official files: rebuilt as officially
+            from ..data.task_sources import answer_vocabulary_from_arrow
+
+            return answer_vocabulary_from_arrow(files)
+        if model_args.model_name_or_path:
+            from ..modeling import BridgeTowerConfig
+
+            config = BridgeTowerConfig.from_pretrained(model_args.model_name_or_path)
+            if "BridgeTowerForVisualQuestionAnswering" in (config.architectures or []):
+                return [config.id2label[i] for i in range(config.num_labels)]
+        if not data_args.train_annotation_file:
+            raise ValueError(
+                "--task vqa needs an answer vocabulary: --answer_vocabulary_file, or --train_annotation_file to build "
+                "one from (or a VQA checkpoint, which carries its own)."
+            )
+        with open(data_args.train_annotation_file) as f:
+            annotations = json.load(f)["annotations"]
+        return vqa_metrics.build_answer_vocabulary(annotations, task_args.min_answer_count)
+
+    def build_model(self, model_args, task_args: VqaArguments, data_args, tokenizer):
+        self.answers = self.answer_vocabulary(model_args, task_args, data_args)
+        data_args.answer_vocabulary = self.answers  # the readers keep questions with an answer in it
+        model = build_model(
+            BridgeTowerForVisualQuestionAnswering, model_args, data_args, tokenizer,
+            num_labels=len(self.answers), id2label=dict(enumerate(self.answers)),
+            label2id={answer: i for i, answer in enumerate(self.answers)},
+        )  # fmt: skip
+        apply_paper_resolution(model, data_args, self.paper_resolution)
+        return model
+
+    def encode_target(self, record) -> dict:
+        """Soft scores over the vocabulary: given ("labels", "scores"), or from the ten raw answers."""
+        target = record.target
+        if target is None:  # test questions
+            return {}
+        scores = torch.zeros(len(self.answers))
+        if "labels" in target:
+            for label, score in zip(target["labels"], target["scores"], strict=True):
+                scores[label] = score
+            return {"labels": scores}
+        index = {answer: i for i, answer in enumerate(self.answers)}
+        for answer, score in vqa_metrics.answer_scores(target["answers"]).items():
+            if answer in index:
+                scores[index[answer]] = score
+        return {"labels": scores}
+
+    def build_dataset(self, data_args, task_args, tokenizer, image_size, split, seed, skip_log):
+        return task_dataset(self.name, data_args, tokenizer, image_size, split, seed, skip_log, self.encode_target)
+
+    def collators(self, tokenizer, data_args, task_args, args):
+        return TaskCollator(), TaskCollator()
+
+    def metrics(self, tokenizer, data_args, task_args, model) -> Metrics:
+        return Metrics(_argmax, _vqa_score_metrics, ["labels"])
+
+    def evaluate(self, trainer, dataset) -> dict:
+        """Every held-out question: `vqa_score` against the soft targets (the official training-time VQAScore) and
+        `vqa_accuracy`, the VQA evaluation's min(#annotators who gave the answer / 3, 1) on normalised answers."""
+        output, count = predict_every_example(trainer, dataset, metric_key_prefix="eval")
+        predicted = np.asarray(output.predictions).reshape(-1)[:count]
+        targets = np.asarray(output.label_ids)[:count]
+        metrics = {"eval_loss": output.metrics["eval_loss"], "eval_vqa_score": _soft_score(predicted, targets)}
+        raw = [dataset.record(i).target.get("answers") for i in range(count)]
+        if all(raw):
+            metrics["eval_vqa_accuracy"] = vqa_metrics.vqa_score([self.answers[p] for p in predicted.tolist()], raw)
+        return metrics
+
+    def predict(self, trainer, dataset, output_dir: str) -> dict:
+        """The official submission file: [{"question_id": int, "answer": str}] for every test question."""
+        output, count = predict_every_example(trainer, dataset)
+        predicted = np.asarray(output.predictions).reshape(-1)[:count]
+        submission = []
+        for index, label in enumerate(predicted.tolist()):
+            question_id = dataset.record(index).example_id
+            submission.append({"question_id": int(question_id), "answer": self.answers[label]})
+        path = os.path.join(output_dir, "vqa_submission.json")
+        if trainer.args.should_save:
+            with open(path, "w") as f:
+                json.dump(submission, f)
+        return {"predict_questions": len(submission)}
+
+
+def _argmax(logits, labels):
+    return logits.argmax(dim=-1)
+
+
+def _soft_score(predicted: np.ndarray, targets: np.ndarray) -> float:
+    """The argmax answer's soft target (1.0 for an answer 4+ annotators gave, 0.3 for one), averaged: the
+    official `VQAScore`."""
+    return float(targets[np.arange(len(predicted)), predicted].mean())
+
+
+def _vqa_score_metrics(prediction) -> dict:
+    predicted = np.asarray(prediction.predictions).reshape(-1)
+    return {"vqa_score": _soft_score(predicted, np.asarray(prediction.label_ids))}

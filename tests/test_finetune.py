@@ -1,0 +1,203 @@
+"""Fine-tuning: every task of `run_finetune.py` trains and its held-out metric moves the right way on the synthetic
+stand-ins, the paper's recipe is the default and a user's flag always wins, heads save / load and take the head
+learning rate, NLVR2 grows its second image type, resolutions change, and a transformers checkpoint fine-tunes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import bridgetower_gaudi as btg
+from bridgetower_gaudi.data.synthetic import ATTRIBUTE_WORDS, synthetic_tokenizer
+from bridgetower_gaudi.modeling.backbones import set_image_size
+from bridgetower_gaudi.tasks import FINETUNING_TASKS, get_task
+from bridgetower_gaudi.training import finetune, run
+from bridgetower_gaudi.training.optimization import parameter_groups
+from tests.conftest import make_inputs, tiny_config, tiny_hf_config
+
+SHORT = ["--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--max_seq_length", "16",
+         "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no", "--seed", "0",
+         "--learning_rate", "5e-4", "--head_lr_multiplier", "5", "--warmup_ratio", "0.1"]  # fmt: skip
+
+
+def _finetune(task: str, output_dir, steps: int, *flags: str, train: bool = True) -> dict:
+    sizes = ["--synthetic_train_size", str(max(64, 32 * steps)), "--synthetic_eval_size", "256"]
+    todo = ["--do_train", "--max_steps", str(steps)] if train else []
+    return finetune.main(["--task", task, *todo, "--do_eval", *SHORT, *sizes, "--output_dir", str(output_dir), *flags])
+
+
+# Chance levels of the synthetic stand-ins: VQA knowing only the question type ~0.25 (6 colours, 3 shapes, 4
+# positions), SNLI-VE 0.33 (0.67 from the text alone: "somewhere" marks neutral), NLVR2 0.5.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, steps, metric, untrained_below, trained_above",
+    [
+        ("vqa", 300, "eval_vqa_score", 0.3, 0.4),
+        ("snli_ve", 300, "eval_accuracy", 0.5, 0.6),
+        ("nlvr2", 200, "eval_accuracy", 0.6, 0.65),
+    ],
+)
+def test_classification_tasks_learn_from_a_pretrained_checkpoint(
+    tmp_path, pretrained_checkpoint, task_tokenizer, task, steps, metric, untrained_below, trained_above
+):
+    # The task's questions / statements use words pre-training never saw: the tokenizer adds them, the model grows.
+    start = ["--model_name_or_path", pretrained_checkpoint, "--tokenizer_name", task_tokenizer]
+    before = _finetune(task, tmp_path / "before", 0, *start, train=False)
+    after = _finetune(task, tmp_path / "after", steps, *start)
+    assert before[metric] < untrained_below < trained_above < after[metric], (before[metric], after[metric])
+    saved = json.loads((tmp_path / "after" / "all_results.json").read_text())
+    assert saved[metric] == after[metric] and "train_samples_per_second" in saved
+
+
+@pytest.mark.slow
+def test_retrieval_fine_tuning_raises_recall(tmp_path, pretrained_checkpoint):
+    start = ["--model_name_or_path", pretrained_checkpoint, "--retrieval_k", "16"]
+    before = _finetune("retrieval", tmp_path / "before", 0, *start, train=False)
+    after = _finetune("retrieval", tmp_path / "after", 100, *start)
+    # ITC heads start random (the checkpoint has none): ITC alone is near chance before and clearly above after.
+    assert after["eval_itc_rsum"] > before["eval_itc_rsum"] + 30, (before, after)
+    assert after["eval_rsum"] > 100 and after["eval_num_images"] == 128 and after["eval_num_captions"] == 256
+
+
+def test_vqa_predict_writes_the_official_submission_file(tmp_path):
+    flags = ["--task", "vqa", "--config_name", "tiny", "--do_train", "--max_steps", "2", "--do_predict", *SHORT,
+             "--synthetic_train_size", "64", "--synthetic_eval_size", "70", "--output_dir", str(tmp_path)]  # fmt: skip
+    results = finetune.main(flags)
+    submission = json.loads((tmp_path / "vqa_submission.json").read_text())
+    assert results["predict_questions"] == len(submission) == 70  # every question, though batches hold 64
+    assert sorted(item["question_id"] for item in submission) == list(range(70))
+    assert all(isinstance(item["question_id"], int) and item["answer"] in ATTRIBUTE_WORDS for item in submission)
+    config = btg.BridgeTowerConfig.from_pretrained(tmp_path)
+    assert [config.id2label[i] for i in range(config.num_labels)] == sorted(ATTRIBUTE_WORDS)  # the vocabulary
+
+
+def test_paper_recipe_is_the_default_and_user_flags_win(tmp_path):
+    task = get_task("vqa")
+    _, data_args, task_args, args = run.parse_args(["--output_dir", str(tmp_path)], task)
+    assert (args.learning_rate, args.warmup_ratio, args.weight_decay) == (1e-5, 0.06, 0.05)
+    assert (task_args.head_lr_multiplier, data_args.image_transform, args.adam_beta2) == (50, "blip_randaug_wohf", 0.98)
+    _, data_args, task_args, args = run.parse_args(
+        ["--output_dir", str(tmp_path), "--learning_rate", "3e-5", "--head_lr_multiplier", "7",
+         "--image_transform", "clip"], task,
+    )  # fmt: skip
+    assert (args.learning_rate, task_args.head_lr_multiplier, data_args.image_transform) == (3e-5, 7, "clip")
+    # A JSON argument file gets the recipe as defaults too.
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"output_dir": str(tmp_path), "weight_decay": 0.2}))
+    _, _, task_args, args = run.parse_args([str(path)], get_task("nlvr2"))
+    assert (args.learning_rate, args.weight_decay, task_args.head_lr_multiplier) == (5e-6, 0.2, 10)
+
+
+def test_config_overrides_beat_the_tasks_model_settings(tmp_path):
+    flags = ["--task", "nlvr2", "--config_name", "tiny", "--do_train", "--max_steps", "1", *SHORT,
+             "--synthetic_train_size", "64", "--output_dir", str(tmp_path),
+             "--config_overrides", "classifier_hidden_scale=2,classifier_dropout_prob=0.0"]  # fmt: skip
+    finetune.main(flags)
+    config = btg.BridgeTowerConfig.from_pretrained(tmp_path)
+    assert (config.classifier_hidden_scale, config.classifier_dropout_prob, config.num_image_token_types) == (2, 0, 2)
+
+
+@pytest.mark.parametrize("task", FINETUNING_TASKS)
+def test_every_task_trains_a_step_and_reports(tmp_path, task):
+    results = _finetune(task, tmp_path, 1, "--config_name", "tiny", "--per_device_eval_batch_size", "32")
+    assert results["train_loss"] == results["train_loss"] and results["epoch"] > 0  # finite, trained
+    line = run.summary_line(results, get_task(task).summary_metrics)
+    assert line.startswith("bridgetower_gaudi: ") and "samples/s" in line and " | " in line
+
+
+def test_run_finetune_names_the_tasks_when_task_is_missing_or_wrong():
+    with pytest.raises(SystemExit, match="needs --task"):
+        finetune.main(["--do_train"])
+    with pytest.raises(SystemExit, match="choose one of itm, mlm, retrieval, vqa, snli_ve, nlvr2"):
+        finetune.main(["--task", "captioning"])
+
+
+@pytest.mark.parametrize(
+    "model_class, head",
+    [
+        (btg.BridgeTowerForVisualQuestionAnswering, "vqa_classifier"),
+        (btg.BridgeTowerForVisualEntailment, "snli_classifier"),
+        (btg.BridgeTowerForNLVR2, "nlvr2_classifier"),
+    ],
+)
+def test_downstream_heads_save_load_and_take_the_head_rate(tmp_path, model_class, head):
+    model = model_class(tiny_config(num_labels=5, num_image_token_types=2)).eval()
+    inputs = make_inputs(model.config, batch=2)
+    if model_class is btg.BridgeTowerForNLVR2:
+        inputs["pixel_values_2"] = inputs["pixel_values"].flip(0)
+    model.save_pretrained(tmp_path)
+    reloaded = model_class.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+    groups = parameter_groups(model, 1e-5, 0.01, cross_modal_lr_multiplier=5, head_lr_multiplier=50)
+    rates = {name: group["lr"] for group in groups for name in group["names"]}
+    assert {rates[n] for n in rates if n.startswith(head)} == {5e-4}
+    assert rates[f"{head}.dense.weight"] and f"{head}.LayerNorm.weight" in rates
+
+
+def test_vqa_loss_is_binary_cross_entropy_times_the_vocabulary_size():
+    model = btg.BridgeTowerForVisualQuestionAnswering(tiny_config(num_labels=4)).eval()
+    inputs = make_inputs(model.config, batch=2)
+    targets = torch.tensor([[0.0, 0.3, 1.0, 0.0], [0.6, 0.0, 0.0, 0.9]])
+    out = model(**inputs, labels=targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets) * 4
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_nlvr2_grows_a_second_image_type_as_a_copy_of_the_first(tmp_path):
+    pretrained = btg.BridgeTowerForPreTraining(tiny_config())
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    model = btg.BridgeTowerForNLVR2.from_pretrained(tmp_path / "pretrained")
+    with pytest.raises(ValueError, match="add_second_image_token_type"):
+        model(**make_inputs(model.config, batch=2), pixel_values_2=make_inputs(model.config, batch=2)["pixel_values"])
+    model.add_second_image_token_type()
+    rows = model.bridgetower.token_type_embeddings.weight
+    original = pretrained.bridgetower.token_type_embeddings.weight
+    assert rows.shape[0] == 3 and torch.equal(rows[:2], original) and torch.equal(rows[2], original[1])
+    model.save_pretrained(tmp_path / "nlvr2")
+    assert btg.BridgeTowerForNLVR2.from_pretrained(tmp_path / "nlvr2").config.num_image_token_types == 2
+
+
+def test_image_size_changes_interpolate_position_embeddings(tmp_path):
+    model = btg.BridgeTowerForVisualEntailment(tiny_config(num_labels=3))
+    old = model.bridgetower.vision_model.embeddings.position_embedding.weight.detach().clone()
+    set_image_size(model, 48)
+    new = model.bridgetower.vision_model.embeddings.position_embedding.weight
+    grid = 48 // model.config.vision_config.patch_size
+    assert new.shape[0] == 1 + grid * grid and torch.equal(new[0], old[0])  # [CLS] position kept
+    logits = model(**make_inputs(model.config, batch=2)).logits  # 48 px inputs (make_inputs reads the config)
+    model.save_pretrained(tmp_path)
+    reloaded = btg.BridgeTowerForVisualEntailment.from_pretrained(tmp_path)
+    assert reloaded.config.vision_config.image_size == 48 and logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        set_image_size(model, 50)
+
+
+def test_retrieval_itc_targets_are_soft_over_captions_of_the_same_image():
+    model = btg.BridgeTowerForPreTraining(tiny_config(pretraining_objectives=["itm", "itc"]))
+    inputs = make_inputs(model.config, batch=4)
+    text = model.bridgetower.encode_text(inputs["input_ids"], inputs["attention_mask"])
+    image = model.bridgetower.encode_image(inputs["pixel_values"])
+    image_ids = torch.tensor([7, 7, 3, 5])  # captions 0 and 1 describe the same image
+    loss, image_to_text, text_to_image = model._itc(text, image, image_ids)
+    targets = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    expected = (
+        torch.nn.functional.cross_entropy(image_to_text, targets)
+        + torch.nn.functional.cross_entropy(text_to_image, targets)
+    ) / 2
+    torch.testing.assert_close(loss.detach(), expected)
+    plain, _, _ = model._itc(text, image)
+    assert not torch.allclose(plain, loss)
+
+
+def test_a_transformers_checkpoint_fine_tunes(tmp_path):
+    source = transformers.BridgeTowerForMaskedLM(tiny_hf_config())
+    source.save_pretrained(tmp_path / "hf")
+    synthetic_tokenizer(task_words=True).save_pretrained(tmp_path / "hf")
+    results = _finetune("snli_ve", tmp_path / "out", 2, "--model_name_or_path", str(tmp_path / "hf"))
+    assert "eval_accuracy" in results
+    tuned = btg.BridgeTowerForVisualEntailment.from_pretrained(tmp_path / "out")
+    kept = tuned.bridgetower.text_model.embeddings.word_embeddings.weight
+    assert kept.shape == source.bridgetower.text_model.embeddings.word_embeddings.weight.shape

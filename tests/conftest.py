@@ -34,8 +34,8 @@ def pretrained_checkpoint(tmp_path_factory) -> str:
     output_dir = tmp_path_factory.mktemp("pretrained") / "checkpoint"
     main(
         ["--config_name", "tiny", "--dataset_format", "synthetic", "--do_train", "--max_steps", str(PRETRAIN_STEPS),
-         "--per_device_train_batch_size", "64", "--max_seq_length", "16",
-         "--synthetic_train_size", str(64 * PRETRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
+         "--per_device_train_batch_size", "64", "--max_seq_length", "16", "--synthetic_train_size",
+         str(64 * PRETRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
          "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-4", "--dataloader_num_workers", "0",
          "--seed", "0", "--output_dir", str(output_dir)]
     )  # fmt: skip

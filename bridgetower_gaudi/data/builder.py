@@ -37,7 +37,12 @@ class DataArguments:
     validation_annotation_file: str | None = field(
         default=None, metadata={"help": "VQAv2: the validation annotations."}
     )
-    dataset_format: str = field(default="synthetic", metadata={"help": f"One of {FORMATS}; auto guesses per file."})
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": f"One of {FORMATS}; auto guesses per file. Default: synthetic without data flags, auto with them."
+        },
+    )
     image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths start from."})
     image_column: str = field(default="image", metadata={"help": "Column / field holding the image."})
     caption_column: str = field(default="caption", metadata={"help": "Column / field holding the caption(s)."})
@@ -78,13 +83,22 @@ class DataArguments:
                 f"--image_transform {self.image_transform!r}: choose one of {sorted(TRANSFORMS)} "
                 f"(or {sorted(TRANSFORM_ALIASES)})."
             )
+        has_data = self.dataset_name or self.train_file or self.validation_file or self.test_file
+        if self.dataset_format is None:
+            # Data flags without a format mean "read these files", never the synthetic stand-in: guess per file (the
+            # downstream tasks' readers take auto too).
+            self.dataset_format = "auto" if has_data else "synthetic"
+        if self.dataset_format == "synthetic" and has_data:
+            raise DataConfigError(
+                "--dataset_format synthetic makes its own data and reads no files: drop it to read --train_file / "
+                "--validation_file / --test_file / --dataset_name (the format is then guessed per file), or name "
+                f"their format ({', '.join(FORMATS[1:6])}, or the task's own: vqa_v2, snli_ve, nlvr2)."
+            )
         if self.dataset_format not in FORMATS:
             raise DataConfigError(f"--dataset_format {self.dataset_format!r}: choose one of {FORMATS}.")
         if self.itm_negatives is not None and self.itm_negatives not in ITM_NEGATIVES:
             raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose one of {ITM_NEGATIVES[:3]}.")
-        if self.dataset_format != "synthetic" and not (
-            self.dataset_name or self.train_file or self.validation_file or self.test_file
-        ):
+        if self.dataset_format != "synthetic" and not has_data:
             raise DataConfigError(
                 f"--dataset_format {self.dataset_format} needs --train_file / --validation_file or --dataset_name."
             )

@@ -31,6 +31,7 @@ from ..modeling import PRESETS, BridgeTowerConfig
 from ..modeling.backbones import set_image_size
 from ..tasks.base import Task
 from .arguments import PAPER_OPTIMIZER_FLAGS, BridgeTowerTrainingArguments, ModelArguments, RecipeArguments
+from .checks import RunFlagError, check_run_flags, fp16_on_gaudi_problem
 from .optimization import freeze_towers
 from .trainer import trainer_class
 
@@ -45,6 +46,7 @@ class DeviceSwitches:
     use_habana: bool = False
     use_cpu: bool = False
     bf16: bool = False
+    fp16: bool = False
     use_flash_attention: bool = False
     gaudi_config_name: str | None = None
 
@@ -69,6 +71,8 @@ def parse_args(argv: list[str] | None, task, training_arguments_class=None, defa
         with open(os.path.abspath(argv[0])) as f:
             values = json.load(f)
     switches = device_switches(argv, values)
+    if switches.use_habana and switches.fp16:  # before GaudiTrainingArguments refuses it without naming the fix
+        raise RunFlagError(fp16_on_gaudi_problem())
     if training_arguments_class is None:
         require_use_habana_on_hpu(switches.use_habana, switches.use_cpu)
         training_arguments_class = (
@@ -169,6 +173,7 @@ def build_model(model_cls, model_args: ModelArguments, data_args: DataArguments,
 
 def build_trainer(task, model_args, data_args, task_args, args):
     """Model, data, collators, metrics and trainer for already-resolved arguments (Trainer or GaudiTrainer)."""
+    check_run_flags(model_args, data_args, task_args, args)  # before anything is built or written
     args.dataloader_drop_last = True  # static shapes: every batch the same size (HPU graphs, compile)
     args.remove_unused_columns = False
     set_seed(args.seed)

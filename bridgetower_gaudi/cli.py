@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa = commands.add_parser("vqa", parents=[common], help="answer a question about an image (needs a VQA head)")
     vqa.add_argument("image")
     vqa.add_argument("question")
+    vqa.add_argument("--top", type=int, default=5, help="how many answers (default 5)")
     return parser
 
 
@@ -85,11 +86,6 @@ def run(args) -> tuple[object, str]:
     """(what --output json prints, the readable table) for the parsed command."""
     from .pipeline import BridgeTowerPipeline, PipelineError  # torch and transformers: after --help is answered
 
-    if args.command == "vqa":
-        raise PipelineError(
-            "vqa needs a checkpoint with a VQA head; none exists yet (the fine-tuning work adds one). "
-            "Use score, fill-mask or search with a pre-training checkpoint meanwhile."
-        )
     if args.command == "search" and not args.images_for and not args.query:
         raise PipelineError("search needs a query: search --model DIR IMAGE_DIR 'a sentence' (or --images-for FILE).")
     pipe = BridgeTowerPipeline.from_pretrained(
@@ -103,6 +99,10 @@ def run(args) -> tuple[object, str]:
     if args.command == "score":
         results = pipe.score(args.image, args.texts)
         return {"image": args.image, "scores": results}, _table(*_score_columns(results, "text"))
+    if args.command == "vqa":
+        answers = pipe.vqa(args.image, args.question, top=args.top)
+        table = _table(["answer", "score"], [[a["answer"], a["score"]] for a in answers])
+        return {"image": args.image, "question": args.question, "answers": answers}, table
     if args.command == "fill-mask":
         results = pipe.fill_mask(args.image, args.text, top=args.top)
         tables = [

@@ -1,10 +1,11 @@
-"""Inference on a trained BridgeTower checkpoint: image-caption scores, masked words, folder search.
+"""Inference on a trained BridgeTower checkpoint: image-caption scores, masked words, folder search, answers.
 
     pipe = BridgeTowerPipeline.from_pretrained("outputs/pretrain-tiny-synthetic", device="auto", bf16=False)
     pipe.score("cat.png", ["a cat on a couch", "a dog"])        # ITM match probability (+ ITC similarity)
     pipe.fill_mask("cat.png", "a [MASK] on a couch", top=5)    # top tokens for each masked position
     pipe.search("photos/", "a cat on a couch", top=5)          # rank a folder of images by a sentence
     pipe.search_captions("cat.png", captions, top=5)           # rank captions for an image
+    pipe.vqa("cat.png", "what is on the couch?", top=5)         # answers (a VQA checkpoint: run_finetune --task vqa)
 
 Every method is batched: towers run once per image and once per text, the cross-modal encoder once per pair, in
 batches of `batch_size`. Retrieval mirrors the official recipe when the checkpoint has ITC heads (rank everything by
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 from transformers.utils import is_torch_hpu_available
 
-from .data.images import ImageTransform, decode_image
+from .data.images import ImageTransform, decode_image, evaluation_transform
 from .data.records import BadRecord
 from .modeling import (
     BridgeTowerConfig,
@@ -45,6 +46,7 @@ from .modeling import (
     BridgeTowerForImageAndTextRetrieval,
     BridgeTowerForMaskedLM,
     BridgeTowerForPreTraining,
+    BridgeTowerForVisualQuestionAnswering,
 )
 from .modeling.modeling_bridgetower import TowerOutput
 
@@ -58,6 +60,7 @@ MODEL_CLASSES = {
         BridgeTowerForMaskedLM,
         BridgeTowerForImageAndTextRetrieval,
         BridgeTowerForContrastiveLearning,
+        BridgeTowerForVisualQuestionAnswering,
     )
 }
 # The spellings of a masked word people type; each becomes the checkpoint tokenizer's own mask token.
@@ -157,7 +160,7 @@ class _ImageTower(nn.Module):
 
 
 class _Fusion(nn.Module):
-    """Paired text and image states -> (ITM logits, MLM logits), whichever heads the checkpoint has."""
+    """Paired text and image states -> (ITM or VQA logits, MLM logits), whichever heads the checkpoint has."""
 
     def __init__(self, model, top_layers: int):
         super().__init__()
@@ -167,9 +170,10 @@ class _Fusion(nn.Module):
         text = TowerOutput(states[: self.top_layers], attention_mask)
         image = TowerOutput(states[self.top_layers :], None)
         fused = self.model.bridgetower.fuse(text, image)
-        itm = self.model.itm_score(fused.pooler_output) if hasattr(self.model, "itm_score") else fused.pooler_output
+        pooled_head = getattr(self.model, "itm_score", None) or getattr(self.model, "vqa_classifier", None)
+        pooled = pooled_head(fused.pooler_output) if pooled_head is not None else fused.pooler_output
         mlm = self.model.mlm_score(fused.text_features) if hasattr(self.model, "mlm_score") else fused.text_features
-        return itm, mlm
+        return pooled, mlm
 
 
 @dataclass
@@ -208,7 +212,11 @@ class BridgeTowerPipeline:
         self.model, self.config, self.tokenizer, self.model_dir = model, config, tokenizer, model_dir
         self.device, self.bf16, self.batch_size, self.rerank = device, bf16, batch_size, rerank
         self.image_size = config.vision_config.image_size
-        self.transform = ImageTransform(self.image_size, "clip")  # the evaluation transform after pre-training
+        # The evaluation transform of what the checkpoint trained with (run.py records it): clip after pre-training,
+        # blip (squash) after the fine-tuning transforms.
+        self.transform = ImageTransform(
+            self.image_size, evaluation_transform(getattr(config, "image_transform", "clip"))
+        )
         self.top_layers = config.num_bridges + 1
         # RoBERTa numbers positions from padding_idx + 1: two positions fewer than the table holds.
         self.position_limit = config.text_config.max_position_embeddings - 2
@@ -220,6 +228,7 @@ class BridgeTowerPipeline:
         self.has_itm = hasattr(model, "itm_score")
         self.has_mlm = hasattr(model, "mlm_score")
         self.has_itc = hasattr(model, "itc_text_head")
+        self.has_vqa = hasattr(model, "vqa_classifier")
         self.text_tower = _TextTower(model, self.top_layers)
         self.image_tower = _ImageTower(model, self.top_layers)
         self.fusion = _Fusion(model, self.top_layers)
@@ -382,6 +391,34 @@ class BridgeTowerPipeline:
                     entry["itc"] = float(itc[i, t])
                 row.append(entry)
             results.append(row)
+        return results[0] if single else results
+
+    def vqa(self, images, questions, top: int = 5):
+        """The `top` answers to each question about its image, with probabilities (sigmoid of the VQA logits: the
+        head is trained with binary cross-entropy). One image and question -> a list of {"answer", "score"}; lists
+        of images and questions (same length) -> a list of those."""
+        single = isinstance(questions, str)
+        images = [images] if single else list(images)
+        questions = [questions] if single else list(questions)
+        if not self.has_vqa:
+            raise PipelineError(
+                f"{self.model_dir!r} ({type(self.model).__name__}) has no VQA head: fine-tune one with "
+                "run_scripts/run_finetune.py --task vqa, and pass its output folder."
+            )
+        if len(images) != len(questions):
+            raise PipelineError(f"{len(images)} images for {len(questions)} questions: give one image per question.")
+        text_states, text_mask = self.encode_texts(questions)
+        image_states = self.encode_images(self._pixels(images))
+        rows = list(range(len(questions)))
+        logits, _ = self._fuse(text_states, text_mask, image_states, rows, rows)
+        probabilities = logits.sigmoid()
+        labels = self.config.id2label
+        results = []
+        for row in range(len(questions)):
+            values, indices = probabilities[row].topk(min(top, probabilities.shape[1]))
+            results.append(
+                [{"answer": labels[int(i)], "score": float(v)} for v, i in zip(values, indices, strict=True)]
+            )
         return results[0] if single else results
 
     def fill_mask(self, images, texts, top: int = 5):

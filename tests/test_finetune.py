@@ -18,9 +18,12 @@ from bridgetower_gaudi.training import finetune, run
 from bridgetower_gaudi.training.optimization import parameter_groups
 from tests.conftest import make_inputs, tiny_config, tiny_hf_config
 
+# The synthetic tasks hinge on colours, which RandAugment's colour operations (the recipes' blip_randaug_*)
+# scramble: the tests train with the plain fine-tuning transform (SNLI-VE 0.62 -> 0.62 with RandAugment, 0.89 without).
 SHORT = ["--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--max_seq_length", "16",
          "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no", "--seed", "0",
-         "--learning_rate", "5e-4", "--head_lr_multiplier", "5", "--warmup_ratio", "0.1"]  # fmt: skip
+         "--learning_rate", "5e-4", "--head_lr_multiplier", "5", "--warmup_ratio", "0.1",
+         "--image_transform", "blip"]  # fmt: skip
 
 
 def _finetune(task: str, output_dir, steps: int, *flags: str, train: bool = True) -> dict:
@@ -29,37 +32,33 @@ def _finetune(task: str, output_dir, steps: int, *flags: str, train: bool = True
     return finetune.main(["--task", task, *todo, "--do_eval", *SHORT, *sizes, "--output_dir", str(output_dir), *flags])
 
 
-# Chance levels of the synthetic stand-ins: VQA knowing only the question type ~0.25 (6 colours, 3 shapes, 4
-# positions), SNLI-VE 0.33 (0.67 from the text alone: "somewhere" marks neutral), NLVR2 0.5.
+# Measured from the session's pre-trained checkpoint (seed 0, one thread): VQA score 0.08 -> 0.47, SNLI-VE accuracy
+# 0.62 -> 0.89 (a random head on pre-trained ITM features already splits matching from mismatching colours), NLVR2
+# 0.57 -> 0.73, retrieval RSUM 71 -> 264 (ITC alone 26 -> 147, its heads start random). Chance: VQA ~0.25 knowing
+# the question type, SNLI-VE 0.33, NLVR2 0.5.
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "task, steps, metric, untrained_below, trained_above",
+    "task, steps, metric, gain, trained_above",
     [
-        ("vqa", 300, "eval_vqa_score", 0.3, 0.4),
-        ("snli_ve", 300, "eval_accuracy", 0.5, 0.6),
-        ("nlvr2", 200, "eval_accuracy", 0.6, 0.65),
+        ("vqa", 300, "eval_vqa_score", 0.2, 0.35),
+        ("snli_ve", 300, "eval_accuracy", 0.15, 0.8),
+        ("nlvr2", 300, "eval_accuracy", 0.1, 0.65),
+        ("retrieval", 150, "eval_itc_rsum", 60, 100),
     ],
 )
-def test_classification_tasks_learn_from_a_pretrained_checkpoint(
-    tmp_path, pretrained_checkpoint, task_tokenizer, task, steps, metric, untrained_below, trained_above
+def test_each_task_learns_from_a_pretrained_checkpoint(
+    tmp_path, pretrained_checkpoint, task_tokenizer, task, steps, metric, gain, trained_above
 ):
-    # The task's questions / statements use words pre-training never saw: the tokenizer adds them, the model grows.
-    start = ["--model_name_or_path", pretrained_checkpoint, "--tokenizer_name", task_tokenizer]
+    # The tasks' questions / statements use words pre-training never saw: the tokenizer adds them, the model grows.
+    start = ["--model_name_or_path", pretrained_checkpoint, "--tokenizer_name", task_tokenizer, "--retrieval_k", "16"]
+    start = start if task == "retrieval" else start[:-2]
     before = _finetune(task, tmp_path / "before", 0, *start, train=False)
     after = _finetune(task, tmp_path / "after", steps, *start)
-    assert before[metric] < untrained_below < trained_above < after[metric], (before[metric], after[metric])
+    assert after[metric] > max(trained_above, before[metric] + gain), (before[metric], after[metric])
     saved = json.loads((tmp_path / "after" / "all_results.json").read_text())
     assert saved[metric] == after[metric] and "train_samples_per_second" in saved
-
-
-@pytest.mark.slow
-def test_retrieval_fine_tuning_raises_recall(tmp_path, pretrained_checkpoint):
-    start = ["--model_name_or_path", pretrained_checkpoint, "--retrieval_k", "16"]
-    before = _finetune("retrieval", tmp_path / "before", 0, *start, train=False)
-    after = _finetune("retrieval", tmp_path / "after", 100, *start)
-    # ITC heads start random (the checkpoint has none): ITC alone is near chance before and clearly above after.
-    assert after["eval_itc_rsum"] > before["eval_itc_rsum"] + 30, (before, after)
-    assert after["eval_rsum"] > 100 and after["eval_num_images"] == 128 and after["eval_num_captions"] == 256
+    if task == "retrieval":  # ITM re-ranking of the ITC top 16 on top
+        assert after["eval_rsum"] > after["eval_itc_rsum"] and after["eval_num_captions"] == 256
 
 
 def test_vqa_predict_writes_the_official_submission_file(tmp_path):

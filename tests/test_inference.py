@@ -189,9 +189,29 @@ def test_captions_for_an_image(checkpoint, images, tmp_path, capsys):
     assert json.loads(out)["matches"][0]["caption"] == caption(attributes)
 
 
-def test_vqa_says_no_head_exists_yet(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "vqa", "--model", tmp_path, "image.png", "what colour is it?")
-    assert code == 2 and "VQA head" in err
+def test_vqa_answers_from_the_checkpoints_vocabulary(capsys, tmp_path):
+    from bridgetower_gaudi.data.synthetic import synthetic_attributes as attributes_of
+    from bridgetower_gaudi.modeling import BridgeTowerForVisualQuestionAnswering
+
+    answers = ["red", "green", "circle", "left"]
+    model = BridgeTowerForVisualQuestionAnswering(tiny_config(num_labels=4, id2label=dict(enumerate(answers))))
+    model.config.image_transform = "blip_randaug_wohf"  # as run_finetune.py records it
+    model.save_pretrained(tmp_path / "vqa")
+    synthetic_tokenizer(task_words=True).save_pretrained(tmp_path / "vqa")
+    draw_shape(attributes_of(0, 0), 64).save(tmp_path / "shape.png")
+    code, out, _ = run_cli(capsys, "vqa", "--model", tmp_path / "vqa", "--output", "json", "--top", "3",
+                           tmp_path / "shape.png", "what color is the shape")  # fmt: skip
+    predicted = json.loads(out)["answers"]
+    assert code == 0 and len(predicted) == 3 and {p["answer"] for p in predicted} <= set(answers)
+    assert all(0 < p["score"] < 1 for p in predicted) and predicted == sorted(predicted, key=lambda p: -p["score"])
+    pipe = BridgeTowerPipeline.from_pretrained(str(tmp_path / "vqa"), device="cpu")
+    assert pipe.transform.mode == "blip"  # the evaluation counterpart of what it was fine-tuned with
+    # A checkpoint without a VQA head: the fix is named.
+    model = BridgeTowerForMaskedLM(tiny_config())
+    model.save_pretrained(tmp_path / "mlm")
+    synthetic_tokenizer().save_pretrained(tmp_path / "mlm")
+    code, _, err = run_cli(capsys, "vqa", "--model", tmp_path / "mlm", tmp_path / "shape.png", "what color is it")
+    assert code == 2 and "no VQA head" in err and "--task vqa" in err
 
 
 @pytest.mark.slow

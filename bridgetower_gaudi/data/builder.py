@@ -46,7 +46,11 @@ class DataArguments:
     image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths start from."})
     image_column: str = field(default="image", metadata={"help": "Column / field holding the image."})
     caption_column: str = field(default="caption", metadata={"help": "Column / field holding the caption(s)."})
-    train_split: str = field(default="train", metadata={"help": "Split for training (Karpathy: restval counts)."})
+    train_split: str = field(
+        default="train",
+        metadata={"help": "Split(s) for training, comma-separated (Karpathy: restval counts with train; Flickr30K "
+                  "retrieval trains on train,val)."},
+    )  # fmt: skip
     validation_split: str | None = field(
         default=None, metadata={"help": "Split for evaluation (default: 'val' in Karpathy files, else 'validation')."}
     )
@@ -160,7 +164,7 @@ def build_sources(
         elif fmt == "webdataset":
             sources.append(WebDatasetSource(paths))
         elif fmt == "karpathy":
-            sources += [KarpathySource(p, args.image_root, [split], skip_log) for p in paths]
+            sources += [KarpathySource(p, args.image_root, split.split(","), skip_log) for p in paths]
         elif fmt in ("jsonl", "csv"):
             sources += [
                 JsonLinesSource(p, args.image_root, args.image_column, args.caption_column, skip_log) for p in paths

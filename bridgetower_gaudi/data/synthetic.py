@@ -31,7 +31,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ATTRIBUTE_WORDS = frozenset(COLORS) | frozenset(SHAPES) | frozenset(POSITIONS)
 # The downstream tasks' synthetic questions and statements (VQA, SNLI-VE, NLVR2).
 QUESTIONS = {"color": "what color is the shape", "shape": "what shape is it", "position": "where is the shape"}
-TASK_WORDS = ("what", "color", "shape", "it", "where", "somewhere", "image", "left", "right", "first", "second")
+TASK_WORDS = ("what", "color", "shape", "it", "where", "somewhere", "image", "one")
 
 
 def synthetic_vocabulary(task_words: bool = False) -> list[str]:
@@ -122,7 +122,7 @@ class SyntheticTaskSource(MapSource):
       attribute} (as VQAv2's ten annotator answers).
     - "snli_ve": the hypothesis states colour, shape and position: all true (entailment 2), another colour
       (contradiction 0), or the right colour and shape with the position left open, "somewhere" (neutral 1).
-    - "nlvr2": two images; "the first image shows a red circle" (or second), true or false (target 1 / 0).
+    - "nlvr2": two images; "one image shows a red circle", true when either image does (target 1 / 0).
     - "retrieval": the pre-training captions, two per image (records 2i, 2i + 1 describe image i), no target.
     """
 
@@ -159,14 +159,14 @@ class SyntheticTaskSource(MapSource):
             return RawRecord(image, hypothesis, image_id, name, target=label, example_id=str(index))
         if self.task == "nlvr2":
             other_attributes, other_image, other_id = self._image(self.size + index)  # a second, unseen-index image
-            which = int(rng.integers(2))
-            described = (attributes, other_attributes)[which]
+            described = (attributes, other_attributes)[int(rng.integers(2))]
             label = int(rng.integers(2))
             color = described["color"]
-            if not label:
-                others = [c for c in COLORS if c != color]
+            if not label:  # a colour neither image shows with that shape
+                shown = {a["color"] for a in (attributes, other_attributes) if a["shape"] == described["shape"]}
+                others = [c for c in COLORS if c not in shown]
                 color = others[rng.integers(len(others))]
-            sentence = f"the {('first', 'second')[which]} image shows a {color} {described['shape']}"
+            sentence = f"one image shows a {color} {described['shape']}"
             return RawRecord(image, sentence, image_id, name, target=label, extra_images=((other_image, other_id),),
                              example_id=str(index))  # fmt: skip
         # retrieval: two captions per image (record 2i and 2i + 1 describe image i, in two templates)

@@ -210,6 +210,16 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
         finally:
             self.config.checkpoint_layout = previous
 
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """transformers' resize, plus the MLM head's separate output bias (new words start at 0)."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        head = getattr(self, "mlm_score", None)
+        if head is not None and head.bias.shape[0] != embeddings.num_embeddings:
+            grown = head.bias.data.new_zeros(embeddings.num_embeddings)
+            grown[: head.bias.shape[0]] = head.bias.data[: embeddings.num_embeddings]
+            head.bias = nn.Parameter(grown, requires_grad=head.bias.requires_grad)
+        return embeddings
+
     def _classifier_output(self, loss, logits, outputs: BridgeTowerModelOutput, return_dict: bool | None):
         """The heads' common ending: a SequenceClassifierOutput with the encoder's hidden states / attentions, as
         a tuple when `return_dict` (or the config) says so."""
@@ -764,6 +774,9 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
 
     def get_output_embeddings(self):
         return self.mlm_score.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.mlm_score.decoder = new_embeddings
 
     def itc_text_embeddings(self, text: TowerOutput) -> torch.Tensor:
         """Normalised ITC embeddings of the text tower's last [CLS] (the official `itc_text_head` input)."""

@@ -185,6 +185,7 @@ def build_trainer(task, model_args, data_args, task_args, args):
     tokenizer = load_tokenizer(model_args, data_args, task.synthetic_task_words)
     model = task.build_model(model_args, task_args, data_args, tokenizer)
     freeze_towers(model, task_args.freeze_text_tower, task_args.freeze_vision_tower)
+    model.config.image_transform = data_args.image_transform  # saved: inference uses its evaluation counterpart
     image_size = data_args.image_size or model.config.vision_config.image_size
 
     skip_log = SkipLog(_skip_log_path(data_args, args, "train"), fresh=True)

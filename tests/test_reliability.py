@@ -1,31 +1,48 @@
 """Reliability: flags that cannot work are refused before the model is built or anything is written, each with its
-fix in the message; data flags without --dataset_format read the files they name."""
+fix in the message; data flags without --dataset_format read the files they name; a checkpoint folder is complete
+whenever it exists (a crash or a SIGKILL during a save leaves none half-written), and damaged or foreign checkpoints
+are refused naming the file."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 
 from bridgetower_gaudi import BridgeTowerConfig
 from bridgetower_gaudi.data import DataArguments, DataConfigError
 from bridgetower_gaudi.data.synthetic import synthetic_tokenizer
+from bridgetower_gaudi.modeling import checkpoint_conversion
 from bridgetower_gaudi.training import finetune
 from bridgetower_gaudi.training.arguments import ModelArguments
 from bridgetower_gaudi.training.checks import (
     RunFlagError,
     deepspeed_problems,
     model_shape_problems,
+    safetensors_problem,
     usable_text_positions,
 )
 from bridgetower_gaudi.training.pretrain import main
 from tests.conftest import tiny_config
 from tests.data_files import color_image, write_tar
 
-SHORT = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--synthetic_train_size", "64",
-         "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no"]  # fmt: skip
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--synthetic_train_size", "64",
+        "--report_to", "none", "--dataloader_num_workers", "0"]  # fmt: skip
+SHORT = [*BASE, "--save_strategy", "no"]
+SAVING = [*BASE, "--save_steps", "1"]
 
 
 def _refused(tmp_path, *flags: str, match: str, run=main) -> RunFlagError:
@@ -189,3 +206,124 @@ def test_a_valid_config_passes_the_checks():
     assert model_shape_problems(ModelArguments(), DataArguments(max_seq_length=62, image_size=40)) == []
     assert BridgeTowerConfig().text_config.max_position_embeddings == 514  # base: RoBERTa's 512 usable positions
     assert model_shape_problems(ModelArguments(config_name="base"), DataArguments(max_seq_length=512)) == []
+
+
+# --- atomic checkpoints --------------------------------------------------------------------------------------------
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                    "trainer_state.json")  # fmt: skip
+
+
+def _checkpoints(output_dir) -> list[str]:
+    return sorted((p.name for p in output_dir.glob("checkpoint-*")), key=lambda name: int(name.split("-")[1]))
+
+
+def _assert_complete(checkpoint) -> int:
+    """Every file of a checkpoint is there and loads; returns its step."""
+    for name in CHECKPOINT_FILES:
+        assert (checkpoint / name).is_file(), (checkpoint, name)
+    assert safetensors_problem(str(checkpoint / "model.safetensors")) is None
+    assert load_file(checkpoint / "model.safetensors")
+    torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_a_crash_during_a_save_leaves_no_checkpoint_folder_and_the_last_complete_one_resumes(tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    flags = ["--output_dir", str(output_dir), "--do_train", "--max_steps", "4", *SAVING]
+    save_rng_state = Trainer._save_rng_state
+
+    def crash_at_step_3(self, checkpoint_dir):  # called after the weights and the optimizer state are written
+        if self.state.global_step == 3:
+            raise SimulatedCrash(checkpoint_dir)
+        save_rng_state(self, checkpoint_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", crash_at_step_3)
+    with pytest.raises(SimulatedCrash):
+        main(flags)
+    assert _checkpoints(output_dir) == ["checkpoint-1", "checkpoint-2"]
+    staged = output_dir / ".tmp-checkpoint-3" / "checkpoint-3"
+    assert (staged / "model.safetensors").is_file() and not (staged / "trainer_state.json").exists()  # cut mid-save
+    assert get_last_checkpoint(str(output_dir)) == str(output_dir / "checkpoint-2")  # what resuming would pick
+    assert [_assert_complete(output_dir / name) for name in _checkpoints(output_dir)] == [1, 2]
+
+    monkeypatch.undo()
+    resume = ["--resume_from_checkpoint", str(output_dir / "checkpoint-2"), "--save_total_limit", "2"]
+    results = main([*flags, *resume])
+    assert math.isfinite(results["train_loss"])
+    assert _checkpoints(output_dir) == ["checkpoint-3", "checkpoint-4"]  # --save_total_limit 2 kept the last two
+    assert [_assert_complete(output_dir / name) for name in _checkpoints(output_dir)] == [3, 4]
+    assert not (output_dir / ".tmp-checkpoint-3").exists()  # the next save of step 3 replaced the remains
+
+
+def test_best_model_checkpoint_names_the_final_folder(tmp_path):
+    output_dir = tmp_path / "out"
+    main(["--output_dir", str(output_dir), "--do_train", "--do_eval", "--max_steps", "2", "--eval_strategy", "steps",
+          "--eval_steps", "1", "--load_best_model_at_end", "--metric_for_best_model", "loss",
+          "--synthetic_eval_size", "16", "--per_device_eval_batch_size", "8", *SAVING])  # fmt: skip
+    for name in _checkpoints(output_dir):
+        best = json.loads((output_dir / name / "trainer_state.json").read_text())["best_model_checkpoint"]
+        assert best is not None and ".tmp-" not in best and os.path.isdir(best), best
+
+
+def _one_checkpoint(tmp_path) -> str:
+    output_dir = tmp_path / "run"
+    main(["--output_dir", str(output_dir), "--do_train", "--max_steps", "1", *SAVING])
+    return str(output_dir / "checkpoint-1")
+
+
+def test_truncated_incomplete_and_foreign_checkpoints_are_refused_naming_the_file(tmp_path):
+    checkpoint = _one_checkpoint(tmp_path)
+    cut = tmp_path / "cut"
+    shutil.copytree(checkpoint, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for flag in ("--resume_from_checkpoint", "--model_name_or_path"):
+        _refused(tmp_path, flag, str(cut), match=f"{flag}: {weights} is truncated .*copy it again")
+    with pytest.raises(ValueError, match=f"cannot load {weights}"):  # Trainer's resume path names it too
+        checkpoint_conversion.load_transformers_layout_state_dict(str(cut))
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(checkpoint, incomplete)
+    (incomplete / "trainer_state.json").unlink()
+    _refused(tmp_path, "--resume_from_checkpoint", str(incomplete), match="no trainer_state.json.*earlier checkpoint")
+
+    foreign = tmp_path / "bert"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    _refused(tmp_path, "--resume_from_checkpoint", str(foreign), match=f"holds a 'bert' model \\({foreign}/config.json")
+    _refused(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere"), match="is not a folder")
+
+
+def test_sigkill_during_a_save_leaves_only_complete_checkpoints(tmp_path):
+    """A real kill: a run saving every step is SIGKILLed 0-50 ms after a save is seen starting (its staging folder
+    exists; a save takes ~40 ms here, so the kill lands anywhere in it or just after); every checkpoint-N folder
+    left is complete and loads, and the last one resumes."""
+    output_dir = tmp_path / "out"
+    command = [sys.executable, os.path.join(ROOT, "run_scripts", "run_pretrain.py"), "--output_dir", str(output_dir),
+               "--do_train", "--max_steps", "100000", "--save_total_limit", "3", *SAVING]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            names = os.listdir(output_dir) if output_dir.is_dir() else []
+            if any(n.startswith(".tmp-checkpoint-") and n != ".tmp-checkpoint-1" for n in names):
+                break  # a save (not the first) is under way
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(random.uniform(0.0, 0.05))
+        process.kill()
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    steps = [_assert_complete(output_dir / name) for name in _checkpoints(output_dir)]
+    assert steps, os.listdir(output_dir)
+    results = main(["--output_dir", str(output_dir), "--do_train", "--max_steps", str(steps[-1] + 1), *SAVING,
+                    "--resume_from_checkpoint", str(output_dir / f"checkpoint-{steps[-1]}")])  # fmt: skip
+    assert math.isfinite(results["train_loss"])
+    assert _assert_complete(output_dir / f"checkpoint-{steps[-1] + 1}") == steps[-1] + 1

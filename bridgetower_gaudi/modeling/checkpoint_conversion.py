@@ -168,17 +168,25 @@ def _resolve(path, filename: str, **kwargs) -> str | None:
     )
 
 
-def _read_weights(path, **kwargs) -> dict[str, torch.Tensor] | None:
+def _load_safetensors(file: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(file)
+    except SafetensorError as error:  # safetensors' message does not say which file
+        raise ValueError(f"cannot load {file}: {error} (a save or copy cut short, or a damaged file).") from None
+
+
+def _read_weights(path, **kwargs) -> dict[str, torch.Tensor] | None:
     if single := _resolve(path, "model.safetensors", **kwargs):
-        return load_file(single)
+        return _load_safetensors(single)
     if index := _resolve(path, "model.safetensors.index.json", **kwargs):
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         state = {}
         for shard in shards:
-            state.update(load_file(_resolve(path, shard, **kwargs)))
+            state.update(_load_safetensors(_resolve(path, shard, **kwargs)))
         return state
     if legacy := _resolve(path, "pytorch_model.bin", **kwargs):
         return torch.load(legacy, map_location="cpu", weights_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass
 
 from ..data import DataArguments
@@ -28,6 +29,7 @@ def check_run_flags(model_args: ModelArguments, data_args: DataArguments, task_a
         *deepspeed_problems(args),
         *data_file_problems(data_args, task_args),
         *model_shape_problems(model_args, data_args),
+        *checkpoint_problems(model_args, args),
         *output_dir_problems(args),
     ]
     if problems:
@@ -164,22 +166,10 @@ def tower_shapes(model_args: ModelArguments, data_args: DataArguments) -> TowerS
     checkpoint is not a BridgeTower one; None when they cannot be known cheaply (a Hub name)."""
     image_size = data_args.image_size
     if path := model_args.model_name_or_path:
-        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-            if os.path.exists(path):
-                return f"--model_name_or_path {path} has no config.json: name a checkpoint folder (config + weights)."
+        if not os.path.exists(path):
             return None  # a Hub name: from_pretrained fetches it
-        config_file = os.path.join(path, "config.json")
-        try:
-            with open(config_file) as f:
-                model_type = json.load(f).get("model_type")
-        except (OSError, json.JSONDecodeError) as error:
-            return f"--model_name_or_path {path}: {config_file} cannot be read ({error}); the checkpoint is damaged."
-        if model_type != BridgeTowerConfig.model_type:
-            return (
-                f"--model_name_or_path {path} holds a {model_type!r} model ({config_file}), not BridgeTower: start "
-                "from a BridgeTower checkpoint, or from uni-modal towers with --vision_model_name_or_path and "
-                "--text_model_name_or_path."
-            )
+        if problem := bridgetower_config_problem(path, "--model_name_or_path"):
+            return problem
         return _bridgetower_shapes(BridgeTowerConfig.from_pretrained(path), f"checkpoint {path}", image_size)
     if model_args.vision_model_name_or_path or model_args.text_model_name_or_path:
         vision, text = model_args.vision_model_name_or_path, model_args.text_model_name_or_path
@@ -241,3 +231,87 @@ def output_dir_problems(args) -> list[str]:
         f"--resume_from_checkpoint {os.path.join(output_dir, found[-1])} to continue that run, "
         "--overwrite_output_dir to train afresh in this folder, or another --output_dir."
     ]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+def bridgetower_config_problem(path: str, flag: str) -> str | None:
+    """Why the folder `path` is not a BridgeTower checkpoint, judged by its config.json; None when it is one."""
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        return f"{flag} {path} has no config.json: name a checkpoint folder (config.json and model.safetensors)."
+    try:
+        with open(config_file) as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{flag} {path}: {config_file} cannot be read ({error}); the checkpoint is damaged."
+    if model_type != BridgeTowerConfig.model_type:
+        return (
+            f"{flag} {path} holds a {model_type!r} model ({config_file}), not BridgeTower: start from a BridgeTower "
+            "checkpoint, or from uni-modal towers with --vision_model_name_or_path and --text_model_name_or_path."
+        )
+    return None
+
+
+def safetensors_problem(path: str) -> str | None:
+    """Why the safetensors file `path` cannot be loaded (truncated, or not safetensors), from its header alone: the
+    header says where the last tensor ends, and the file must end there. None when it is whole."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > size - 8:
+                raise ValueError(f"its header claims {header_size} bytes, the file has {size}")
+            header = json.loads(f.read(header_size))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as error:
+        return f"{path} is not a readable safetensors file ({error}): the save or copy was cut short, or it is damaged."
+    if 8 + header_size + end != size:
+        return (
+            f"{path} is truncated ({size} bytes; its header says {8 + header_size + end}): the save or copy was cut "
+            "short; copy it again or use another checkpoint."
+        )
+    return None
+
+
+def weights_problems(path: str, flag: str) -> list[str]:
+    """model.safetensors (or its shards) of checkpoint folder `path` are whole."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = [os.path.join(path, "model.safetensors")]
+    elif os.path.isfile(index):
+        try:
+            with open(index) as f:
+                files = [os.path.join(path, shard) for shard in sorted(set(json.load(f)["weight_map"].values()))]
+        except (OSError, ValueError, KeyError) as error:
+            return [f"{flag} {path}: {index} cannot be read ({error}); the checkpoint is damaged."]
+    else:
+        return []  # pytorch_model.bin or DeepSpeed's own files: their loaders name them
+    problems = []
+    for file in files:
+        if not os.path.isfile(file):
+            problems.append(f"{flag} {path}: {file} is missing (named in {index}).")
+        elif problem := safetensors_problem(file):
+            problems.append(f"{flag}: {problem}")
+    return problems
+
+
+def checkpoint_problems(model_args: ModelArguments, args) -> list[str]:
+    """The checkpoints the run will load are BridgeTower ones, whole: `--model_name_or_path` (config in
+    model_shape_problems) and `--resume_from_checkpoint` (also complete: trainer_state.json is written last)."""
+    problems = []
+    path = model_args.model_name_or_path
+    if path and os.path.isdir(path):
+        problems += weights_problems(path, "--model_name_or_path")
+    resume = args.resume_from_checkpoint
+    if not resume:
+        return problems
+    if not os.path.isdir(resume):
+        return [*problems, f"--resume_from_checkpoint {resume} is not a folder: name a checkpoint-N folder of a run."]
+    if problem := bridgetower_config_problem(resume, "--resume_from_checkpoint"):
+        return [*problems, problem]
+    if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        problems.append(
+            f"--resume_from_checkpoint {resume} has no trainer_state.json: it is not a complete checkpoint (a save "
+            "that was cut short?); resume from an earlier checkpoint-N."
+        )
+    return problems + weights_problems(resume, "--resume_from_checkpoint")

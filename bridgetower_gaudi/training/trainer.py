@@ -5,12 +5,15 @@ the same on every device."""
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import time
 from functools import partial
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import seed_worker
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from ..data import SkipLog
 from ..device import is_gaudi_arguments
@@ -27,6 +30,7 @@ class BridgeTowerTrainerMixin:
         self.recipe_args = recipe_args or RecipeArguments()
         self.eval_data_collator = eval_data_collator  # None: evaluate with the training collator
         self.skip_log, self.eval_skip_log = skip_log or SkipLog(), eval_skip_log or SkipLog()
+        self._staging_dir = None  # set while a checkpoint is being written (see _save_checkpoint)
         super().__init__(*args, **kwargs)
 
     def optimizer_class(self):
@@ -86,6 +90,46 @@ class BridgeTowerTrainerMixin:
             # distinct random streams per rank and worker (masking, pairing, augmentation), as Trainer's loaders
             worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index) if workers else None,
         )
+
+    def _save_checkpoint(self, model, trial):
+        """Atomic checkpoints: Trainer writes checkpoint-N into a staging folder (`.tmp-checkpoint-N`, hidden: neither
+        `get_last_checkpoint` nor `--save_total_limit`'s rotation sees it), renamed to checkpoint-N once every rank has
+        written its files. A kill during a save leaves only the staging folder, which the next save of that step
+        removes: a checkpoint-N folder is always complete."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = os.path.join(run_dir, f".tmp-{name}"), os.path.join(run_dir, name)
+        staged = os.path.join(staging, name)
+        # One process per node moves folders: each node's own files when the disk is not shared; on a shared disk the
+        # first rename wins and the others find nothing left to move.
+        mover = self.args.local_process_index == 0
+        if mover:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+            shutil.rmtree(final, ignore_errors=True)  # this step's checkpoint of an earlier run: replaced whole
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)  # writes staging/checkpoint-N (_get_output_dir below)
+        finally:
+            self._staging_dir = None
+        if self.state.best_model_checkpoint == staged:  # this step is the best: name it where it will be
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()  # every rank's files are in
+        if mover:
+            try:
+                os.rename(staged, final)
+            except FileNotFoundError:  # a shared disk: another node's process renamed it
+                pass
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:  # Trainer's rotation ran inside the staging folder: --save_total_limit here
+            self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is saved, Trainer's _save_checkpoint puts checkpoint-N under the staging folder.
+        return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Checkpoints are written in transformers' BridgeTower layout; convert back before loading.

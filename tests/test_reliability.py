@@ -1,7 +1,8 @@
 """Reliability: flags that cannot work are refused before the model is built or anything is written, each with its
 fix in the message; data flags without --dataset_format read the files they name; a checkpoint folder is complete
 whenever it exists (a crash or a SIGKILL during a save leaves none half-written), and damaged or foreign checkpoints
-are refused naming the file."""
+are refused naming the file; optimizer steps with a non-finite loss or gradient are skipped, counted, and stop the run
+past --max_nonfinite_steps."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from bridgetower_gaudi import BridgeTowerConfig
@@ -34,7 +35,8 @@ from bridgetower_gaudi.training.checks import (
     safetensors_problem,
     usable_text_positions,
 )
-from bridgetower_gaudi.training.pretrain import main
+from bridgetower_gaudi.training.pretrain import build_trainer, main, parse_args, run
+from bridgetower_gaudi.training.trainer import NonFiniteStepsError
 from tests.conftest import tiny_config
 from tests.data_files import color_image, write_tar
 
@@ -313,6 +315,7 @@ def test_sigkill_during_a_save_leaves_only_complete_checkpoints(tmp_path):
             names = os.listdir(output_dir) if output_dir.is_dir() else []
             if any(n.startswith(".tmp-checkpoint-") and n != ".tmp-checkpoint-1" for n in names):
                 break  # a save (not the first) is under way
+            time.sleep(0.002)  # a save takes ~40 ms: polling every 2 ms sees it without taking a core from the run
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         time.sleep(random.uniform(0.0, 0.05))
         process.kill()
@@ -327,3 +330,80 @@ def test_sigkill_during_a_save_leaves_only_complete_checkpoints(tmp_path):
                     "--resume_from_checkpoint", str(output_dir / f"checkpoint-{steps[-1]}")])  # fmt: skip
     assert math.isfinite(results["train_loss"])
     assert _assert_complete(output_dir / f"checkpoint-{steps[-1] + 1}") == steps[-1] + 1
+
+
+# --- non-finite steps ----------------------------------------------------------------------------------------------
+def _trainer_with_nan_loss_at(tmp_path, nan_steps: set[int], *flags: str):
+    """A trainer whose loss is NaN in the first micro-step of the optimizer steps `nan_steps` (1-based)."""
+    flags = ["--output_dir", str(tmp_path / "out"), "--do_train", "--logging_steps", "1", *SHORT, *flags]
+    trainer = build_trainer(*parse_args(["--warmup_ratio", "0", *flags]))  # no warmup: the first step's lr is > 0
+    compute_loss, seen = trainer.compute_loss, set()
+
+    def compute_loss_with_nan(model, inputs, *args, **kwargs):
+        loss = compute_loss(model, inputs, *args, **kwargs)
+        step = trainer.state.global_step + 1
+        if step in nan_steps and step not in seen:
+            seen.add(step)
+            return loss * float("nan")  # NaN through the graph: every gradient NaN too
+        return loss
+
+    trainer.compute_loss = compute_loss_with_nan
+    return trainer
+
+
+class WeightsPerStep(TrainerCallback):
+    """Every trainable weight after each optimizer step (and before the first)."""
+
+    def __init__(self, model):
+        self.model, self.after = model, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.after[0] = self._weights()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.after[state.global_step] = self._weights()
+
+    def _weights(self):
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def _changed(before: dict, after: dict) -> list[str]:
+    return [n for n in before if not torch.equal(before[n], after[n])]
+
+
+def test_a_nan_loss_skips_its_step_under_gradient_accumulation_and_is_counted(tmp_path):
+    trainer = _trainer_with_nan_loss_at(tmp_path, {2}, "--max_steps", "4", "--gradient_accumulation_steps", "2",
+                                        "--per_device_train_batch_size", "4")  # fmt: skip
+    weights = WeightsPerStep(trainer.model)
+    trainer.add_callback(weights)
+    results = run(trainer)
+    assert trainer.state.global_step == 4 and trainer.nonfinite_steps == [2]
+    assert _changed(weights.after[1], weights.after[2]) == []  # step 2 left every weight as it was
+    assert _changed(weights.after[0], weights.after[1]) and _changed(weights.after[2], weights.after[3])
+    # AdamW took 3 steps: the skipped one moved no moment either
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}
+    assert results["nonfinite_steps"] == 1 and math.isfinite(results["train_loss"])
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["nonfinite_steps"] == 1
+    logged = [entry.get("nonfinite_steps", 0) for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == [0, 1, 1, 1]
+
+
+def test_a_nonfinite_gradient_with_a_finite_loss_is_skipped_too(tmp_path):
+    trainer = build_trainer(*parse_args(["--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "3",
+                                         "--warmup_ratio", "0", *SHORT]))  # fmt: skip
+    weight = trainer.model.itm_score.fc.weight
+    weight.register_hook(lambda grad: grad * float("inf") if trainer.state.global_step == 1 else grad)  # step 2
+    weights = WeightsPerStep(trainer.model)
+    trainer.add_callback(weights)
+    result = trainer.train()
+    assert trainer.nonfinite_steps == [2] and result.metrics["nonfinite_steps"] == 1
+    assert _changed(weights.after[1], weights.after[2]) == [] and _changed(weights.after[2], weights.after[3])
+
+
+def test_more_nonfinite_steps_than_allowed_stop_the_run_with_the_fix(tmp_path):
+    trainer = _trainer_with_nan_loss_at(tmp_path, {2, 3}, "--max_steps", "5", "--max_nonfinite_steps", "1")
+    with pytest.raises(NonFiniteStepsError, match=r"stopped at step 3: 2 optimizer steps .*\(steps 2, 3\), more "
+                       r"than --max_nonfinite_steps 1\. Lower --learning_rate"):  # fmt: skip
+        trainer.train()
+    assert trainer.state.global_step == 2  # step 3 was not applied

@@ -41,6 +41,13 @@ class RecipeArguments:
     shuffle_train_data: bool = field(
         default=True, metadata={"help": "Shuffle training data; off: file order (to compare runs across world sizes)."}
     )
+    max_nonfinite_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer steps with a non-finite loss or gradient are skipped (no update) and counted; stop the "
+            "run once more than this many were skipped (default: never stop)."
+        },
+    )
 
 
 @dataclass

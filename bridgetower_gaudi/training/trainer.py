@@ -1,10 +1,11 @@
 """The trainer: transformers' Trainer (or optimum-habana's GaudiTrainer, see `device.gaudi`) with BridgeTower's
-AdamW groups, a separate evaluation collator and the skipped-record report. Model, collator and optimizer code are
-the same on every device."""
+AdamW groups, a separate evaluation collator, the skipped-record report, atomic checkpoints and skipped non-finite
+steps. Model, collator and optimizer code are the same on every device."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import time
@@ -21,6 +22,32 @@ from ..modeling import checkpoint_conversion
 from .arguments import RecipeArguments
 from .optimization import parameter_groups, torch_param_groups
 
+logger = logging.getLogger("bridgetower_gaudi")
+
+
+class NonFiniteStepsError(RuntimeError):
+    """More optimizer steps had a non-finite loss or gradient than `--max_nonfinite_steps` allows."""
+
+
+def gradients_are_finite(parameters) -> torch.Tensor:
+    """One boolean on the device, without a host sync: every gradient is finite (a NaN or inf anywhere makes the sum
+    of the per-tensor norms non-finite; `_foreach_norm` is the fused kernel clip_grad_norm_ uses)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+
+
+class NonFiniteStepGuard(TrainerCallback):
+    """Runs the trainer's non-finite check after the gradients of an optimizer step are complete (accumulated, and
+    reduced across ranks) and before the optimizer uses them."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.skip_nonfinite_step()
+
 
 class BridgeTowerTrainerMixin:
     """Shared by BridgeTowerTrainer (transformers) and the Gaudi trainer (`gaudi_trainer_class`)."""
@@ -31,7 +58,67 @@ class BridgeTowerTrainerMixin:
         self.eval_data_collator = eval_data_collator  # None: evaluate with the training collator
         self.skip_log, self.eval_skip_log = skip_log or SkipLog(), eval_skip_log or SkipLog()
         self._staging_dir = None  # set while a checkpoint is being written (see _save_checkpoint)
+        self._nonfinite_loss = None  # on the device: a micro-step of this optimizer step had a non-finite loss
+        self.nonfinite_steps: list[int] = []  # the optimizer steps skipped in this train() call
         super().__init__(*args, **kwargs)
+        self.add_callback(NonFiniteStepGuard(self))
+
+    def train(self, *args, **kwargs):
+        self.nonfinite_steps, self._nonfinite_loss = [], None
+        result = super().train(*args, **kwargs)
+        result.metrics["nonfinite_steps"] = len(self.nonfinite_steps)
+        return result
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Kept on the device and read once per optimizer step (skip_nonfinite_step), not once per micro-step.
+        nonfinite = ~torch.isfinite(loss.detach())
+        self._nonfinite_loss = nonfinite if self._nonfinite_loss is None else self._nonfinite_loss | nonfinite
+        return loss
+
+    def skip_nonfinite_step(self) -> None:
+        """Before the optimizer step: if any micro-step's loss or any gradient is non-finite (on any rank), the
+        update is skipped: every gradient is set to None, so AdamW leaves every weight and its moments as they are
+        (zeroed gradients would still move them through momentum and weight decay). The step is counted (logged as
+        `nonfinite_steps`, in the train metrics); more than `--max_nonfinite_steps` stop the run.
+
+        One host sync per optimizer step. Under --fp16 the loss scaler skips steps whose gradients overflow (that is
+        how it calibrates), so only non-finite losses count there; under DeepSpeed the engine has already applied
+        the update inside backward, so its steps are counted (and stop the run) but not skipped here."""
+        bad = self._nonfinite_loss
+        self._nonfinite_loss = None
+        if bad is None:
+            bad = torch.zeros((), dtype=torch.bool, device=self.args.device)
+        skip_here = not (self.args.fp16 or self.is_deepspeed_enabled)
+        if skip_here:
+            bad = bad | gradients_are_finite(self.model.parameters()).to(bad.device).logical_not()
+        bad = bad.float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad)  # every rank skips (or stops) alike
+        if not bad.item():
+            return
+        if skip_here:
+            self.model.zero_grad(set_to_none=True)
+        step = self.state.global_step + 1
+        self.nonfinite_steps.append(step)
+        logger.warning(
+            "step %d: non-finite loss or gradient, update %s (%d such steps so far)",
+            step, "skipped" if skip_here else "not skipped (fp16 loss scaler / DeepSpeed)", len(self.nonfinite_steps),
+        )  # fmt: skip
+        limit = self.recipe_args.max_nonfinite_steps
+        if limit is not None and len(self.nonfinite_steps) > limit:
+            steps = ", ".join(map(str, self.nonfinite_steps[:10])) + (" ..." if len(self.nonfinite_steps) > 10 else "")
+            raise NonFiniteStepsError(
+                f"training stopped at step {step}: {len(self.nonfinite_steps)} optimizer steps had a non-finite loss "
+                f"or gradient (steps {steps}), more than --max_nonfinite_steps {limit}. Lower --learning_rate, clip "
+                "gradients (--max_grad_norm 1.0), train in bf16 rather than fp16, or look at the data of those "
+                "steps; then resume from the last checkpoint (--resume_from_checkpoint)."
+            )
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self.nonfinite_steps:  # the training logs: how many steps were skipped so far
+            logs["nonfinite_steps"] = len(self.nonfinite_steps)
+        super().log(logs, *args, **kwargs)
 
     def optimizer_class(self):
         """(optimizer class, extra kwargs): AdamW, fused on CUDA."""

@@ -319,7 +319,9 @@ def _bad_record_files(tmp_path):
     lines = [json.dumps(r) for r in rows] + ["{not json", json.dumps(["a", "list"])]
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
     write_arrow(tmp_path / "bad.arrow", 0, 4, bad_rows={2})
-    return {"converted": 5, "kept": 8}
+    # The images in other modes than RGB, by file name: each must be read and converted, never skipped.
+    return {"converted": {"cmyk.jpg": "CMYK", "rgba.png": "RGBA", "palette.png": "P", "sixteen.png": "I;16",
+                          "gray.png": "L"}}  # fmt: skip
 
 
 def test_every_kind_of_bad_record_is_survived_and_counted(tmp_path):
@@ -341,12 +343,19 @@ def test_every_kind_of_bad_record_is_survived_and_counted(tmp_path):
     assert summary["skipped_total"] == sum(counts.values()) and len(summary["skipped_examples"]) == 5
     jsonl_source = dataset.sources[0]
     assert len(jsonl_source) == 12  # every row of a readable kind got an entry; bad rows were skipped at load
-    converted = [n for n in ("cmyk", "rgba", "palette", "sixteen", "gray")]
-    assert len(converted) == expected["converted"]
-    for i in range(len(jsonl_source)):
-        record = jsonl_source[i]
-        if any(n in str(record.image) for n in converted):
-            assert decode_image(record.image, record.name).mode == "RGB"
+    modes = expected["converted"]
+    converted = {os.path.basename(jsonl_source[i].image): i for i in range(len(jsonl_source))}
+    converted = {name: index for name, index in converted.items() if name in modes}
+    assert sorted(converted) == sorted(modes)  # every one of them has its record
+    skipped = {entry["name"] for entry in log.entries()}
+    for name, index in converted.items():
+        record = jsonl_source[index]
+        with Image.open(record.image) as original:
+            assert original.mode == modes[name]  # the file really is in that mode
+        assert decode_image(record.image, record.name).mode == "RGB"
+        assert record.name not in skipped
+        example = dataset[index]  # and it becomes an example of its own (not a replacement for a skipped one)
+        assert example["image_id"].endswith(name) and example["pixel_values"].shape == (3, 32, 32)
 
 
 def test_streaming_survives_a_broken_tar_and_samples_without_caption(tmp_path):

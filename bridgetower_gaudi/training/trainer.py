@@ -35,7 +35,10 @@ def gradients_are_finite(parameters) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(True)
-    return torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+    norms = torch._foreach_norm(grads)
+    if len({norm.dtype for norm in norms}) > 1:  # weights of several dtypes: stack needs one
+        norms = [norm.float() for norm in norms]
+    return torch.isfinite(torch.stack(norms).sum())
 
 
 class NonFiniteStepGuard(TrainerCallback):

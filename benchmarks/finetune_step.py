@@ -25,7 +25,9 @@ VQA_ANSWERS = 3129  # VQAv2's vocabulary (answers given 9+ times in train + val)
 
 
 def config_at(preset: str, image_size: int, **fields):
-    return preset_config(preset, vision_config={**PRESETS[preset]["vision_config"], "image_size": image_size}, **fields)
+    return preset_config(
+        preset, vision_config={**PRESETS[preset].get("vision_config", {}), "image_size": image_size}, **fields
+    )
 
 
 def text(config, batch: int, length: int, generator) -> dict:

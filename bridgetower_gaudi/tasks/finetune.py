@@ -14,6 +14,7 @@ from ..data.dataset import check_readable
 from ..data.images import evaluation_transform
 from ..data.synthetic import SyntheticTaskSource
 from ..modeling.backbones import set_image_size
+from .base import Metrics
 
 logger = logging.getLogger("bridgetower_gaudi")
 
@@ -106,9 +107,7 @@ class ClassificationTask:
     def collators(self, tokenizer, data_args, task_args, args):
         return TaskCollator(), TaskCollator()
 
-    def metrics(self, tokenizer, data_args, task_args, model):
-        from .base import Metrics
-
+    def metrics(self, tokenizer, data_args, task_args, model) -> Metrics:
         return Metrics(lambda logits, labels: logits.argmax(dim=-1), _accuracy_metrics, ["labels"])
 
     def evaluate(self, trainer, dataset) -> dict:

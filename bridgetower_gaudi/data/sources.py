@@ -166,17 +166,24 @@ class JsonLinesSource(MapSource):
                 for line, row in enumerate(csv.DictReader(f), start=2):
                     yield line, {k: v for k, v in row.items() if k is not None}
             return
-        with open(path) as f:
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                    if not isinstance(row, dict):
-                        raise ValueError("not an object")
-                    yield line, row
-                except ValueError as error:
-                    skip_log.record(BadRecord("bad_row", f"{self.name}:{line}", str(error)))
+        yield from json_lines(path, self.name, skip_log)
+
+
+def json_lines(path: str, name: str, skip_log: SkipLog) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each row of a JSON-lines file; a line that is not a JSON object goes to the log."""
+    with open(path) as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except ValueError as error:
+                skip_log.record(BadRecord("bad_row", f"{name}:{line}", str(error)))
+                continue
+            if isinstance(row, dict):
+                yield line, row
+            else:
+                skip_log.record(BadRecord("bad_row", f"{name}:{line}", f"a JSON {type(row).__name__}, not an object"))
 
 
 class HFDatasetSource(MapSource):

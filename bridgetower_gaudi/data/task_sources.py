@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from ..evaluation.vqa import answer_scores, load_answer_vocabulary
 from .records import BadRecord, RawRecord, SkipLog
-from .sources import DataConfigError, MapSource, _require_file
+from .sources import DataConfigError, MapSource, _require_file, json_lines
 
 # write_snli.py `label2id`.
 SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
@@ -96,25 +96,6 @@ def _load_json(path: str, flag: str, key: str, what: str) -> list:
         ) from None
     if not isinstance(rows, list):
         raise DataConfigError(f"{flag} {path}: {key!r} is not a list: expected {what}.")
-    return rows
-
-
-def _json_lines(path: str, name: str, skip_log: SkipLog) -> list[tuple[int, dict]]:
-    """(line number, object) of a JSON-lines file; unreadable lines go to the log."""
-    rows = []
-    with open(path) as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except ValueError as error:
-                skip_log.record(BadRecord("bad_row", f"{name}:{line}", str(error)))
-                continue
-            if isinstance(row, dict):
-                rows.append((line, row))
-            else:
-                skip_log.record(BadRecord("bad_row", f"{name}:{line}", f"a JSON {type(row).__name__}, not an object"))
     return rows
 
 
@@ -394,7 +375,7 @@ class SnliVeSource(TaskSource):
         root = _require_image_root(image_root, path, "the Flickr30K images, <Flickr30K_ID>.jpg")
         official = os.path.join(root, "flickr30k-images")  # write_snli.py's layout
         self.image_folder = official if os.path.isdir(official) else root
-        rows = _json_lines(path, self.name, skip_log)
+        rows = list(json_lines(path, self.name, skip_log))
         _check_first_rows(rows, path, ("Flickr30K_ID", "sentence2", "gold_label"), "an SNLI-VE jsonl file")
         self.entries = []
         for line, row in rows:
@@ -472,7 +453,7 @@ class Nlvr2Source(TaskSource):
         _require_file(path, "NLVR2 file")
         self.name = os.path.basename(path)
         root = _require_image_root(image_root, path, "the NLVR2 train/ dev/ test1/ image folders")
-        rows = _json_lines(path, self.name, skip_log)
+        rows = list(json_lines(path, self.name, skip_log))
         _check_first_rows(rows, path, ("identifier", "sentence"), "an NLVR2 json-lines file")
         folders: dict[str, str] = {}
         self.entries = []

@@ -18,7 +18,7 @@ from .sources import (
     MapSource,
     WebDatasetSource,
 )
-from .synthetic import SyntheticSource
+from .synthetic import SYNTHETIC_TASKS, SyntheticSource
 
 # The pre-training / retrieval readers, then the downstream tasks' own files (data.task_sources).
 FORMATS = ("auto", "karpathy", "arrow", "webdataset", "jsonl", "csv", "synthetic", "vqa_v2", "snli_ve", "nlvr2")
@@ -76,6 +76,11 @@ class DataArguments:
     whole_word_masking: bool = field(default=False, metadata={"help": "Mask every piece of a chosen word."})
     synthetic_train_size: int = field(default=4096, metadata={"help": "Synthetic pairs for training."})
     synthetic_eval_size: int = field(default=512, metadata={"help": "Synthetic pairs for evaluation (held out)."})
+    synthetic_task: str = field(
+        default="shapes",
+        metadata={"help": "Synthetic data: shapes (one shape; the default run's) or relations (two shapes in a spatial "
+                  "relation and a distractor: the ablations' harder task)."},
+    )  # fmt: skip
     deterministic_masking: bool = field(
         default=False, metadata={"help": "Mask / pair each batch from a seed and its content (same on any world size)."}
     )
@@ -102,6 +107,8 @@ class DataArguments:
             raise DataConfigError(f"--dataset_format {self.dataset_format!r}: choose one of {FORMATS}.")
         if self.itm_negatives is not None and self.itm_negatives not in ITM_NEGATIVES:
             raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose one of {ITM_NEGATIVES[:3]}.")
+        if self.synthetic_task not in SYNTHETIC_TASKS:
+            raise DataConfigError(f"--synthetic_task {self.synthetic_task!r}: choose one of {SYNTHETIC_TASKS}.")
         if self.dataset_format != "synthetic" and not has_data:
             raise DataConfigError(
                 f"--dataset_format {self.dataset_format} needs --train_file / --validation_file or --dataset_name."
@@ -136,7 +143,8 @@ def build_sources(
 ) -> list:
     """The sources for one split. Several files are mixed; arrow files and tar shards form one source each."""
     if args.dataset_format == "synthetic" and not files and not args.dataset_name:
-        return [SyntheticSource(synthetic_size, seed=synthetic_seed, image_size=max(64, image_size))]
+        size = max(64, image_size)
+        return [SyntheticSource(synthetic_size, seed=synthetic_seed, image_size=size, task=args.synthetic_task)]
     sources = []
     if split is None:  # the evaluation split's conventional name differs between Karpathy files and `datasets`
         split = "validation" if args.dataset_name else "val"

@@ -81,10 +81,13 @@ class PretrainingMetrics:
 
 
 def synthetic_word_classes(tokenizer, data_args) -> dict[str, set[int]] | None:
-    """Colour / shape / position word ids of the synthetic source (what only the image reveals), else None."""
+    """Colour / shape / position (relations task: relation) word ids of the synthetic source (what only the image
+    reveals), else None."""
     if data_args.dataset_format != "synthetic" or data_args.train_file or data_args.dataset_name:
         return None
     ids = lambda words: {tokenizer.convert_tokens_to_ids(w) for w in words}
+    if data_args.synthetic_task == "relations":  # "left of": the word that only the image decides is left / right
+        return {"color": ids(COLORS), "shape": ids(SHAPES), "relation": ids(("left", "right", "above", "below"))}
     return {"color": ids(COLORS), "shape": ids(SHAPES), "position": ids(POSITIONS)}
 
 

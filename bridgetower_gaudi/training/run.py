@@ -125,7 +125,7 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments, task_wo
     if source:
         return AutoTokenizer.from_pretrained(source)
     if data_args.dataset_format == "synthetic":
-        return synthetic_tokenizer(task_words)
+        return synthetic_tokenizer(task_words, relations=data_args.synthetic_task == "relations")
     raise ValueError("no tokenizer: pass --tokenizer_name (or a checkpoint with one) for this data set.")
 
 

@@ -51,6 +51,10 @@ def transformers_incompatibilities(config) -> list[str]:
             config.text_backbone == "roberta",
             f"text_backbone={config.text_backbone!r} (transformers' text tower is RoBERTa)",
         ),
+        (
+            config.vision_backbone == "clip",
+            f"vision_backbone={config.vision_backbone!r} (transformers' vision tower is CLIP)",
+        ),
         (config.link_tower_type in ("add", "scaled_add", "interpolate"), f"link_tower_type={config.link_tower_type!r}"),
         (not config.share_link_tower_layers, "share_link_tower_layers=True (transformers crashes on it)"),
         (

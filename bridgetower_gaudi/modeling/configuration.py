@@ -31,6 +31,9 @@ BRIDGE_VARIANTS = {
     "interpolate": "transformers: LayerNorm((1 - b) * y + b * x), b a learned scalar",
 }
 TEXT_BACKBONES = ("roberta", "bert")
+# Vision towers (the paper's Table 4): transformers' CLIPVisionTransformer (default), ViTModel, DeiTModel (DeiT adds a
+# distillation token after [CLS]; BridgeTower reads [CLS], token 0, as with the others).
+VISION_BACKBONES = ("clip", "vit", "deit")
 
 
 # The official init_weights: every freshly initialised weight ~ N(0, 0.02 * initializer_factor), towers included.
@@ -53,7 +56,9 @@ class BridgeTowerTextConfig(HFBridgeTowerTextConfig):
 
 
 class BridgeTowerVisionConfig(HFBridgeTowerVisionConfig):
-    """The CLIP-ViT vision tower. Adds what transformers hard-codes: heads, FFN size and activation."""
+    """The vision tower (CLIP-ViT, ViT or DeiT; which one is `BridgeTowerConfig.vision_backbone`). Adds what
+    transformers hard-codes: heads, FFN size and activation. ViT / DeiT towers also read `qkv_bias` (True) and
+    `hidden_dropout_prob` (0.0) when set; `attention_dropout` is their attention dropout."""
 
     def __init__(
         self,
@@ -97,6 +102,8 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         num_bridges: how many cross-modal layers receive a bridge, 0..L_Z-1 (default L_Z-1, the full BridgeTower;
             0 is the METER two-tower model). See `BridgeTowerModel` for the layer mapping.
         text_backbone: "roberta" (default, as transformers) or "bert": which transformers encoder the text tower is.
+        vision_backbone: "clip" (default, as transformers), "vit" or "deit": which transformers encoder the vision
+            tower is (ViT / DeiT checkpoints are saved in our layout: transformers' BridgeTower has a CLIP tower).
         cross_modal_num_attention_heads / cross_modal_intermediate_size: the cross-modal layers' shape. Default: the
             text tower's, which is what transformers uses (it ignores the top-level `num_attention_heads`).
         cross_modal_layer_norm_eps: LayerNorm epsilon inside the cross-modal layers (default 1e-12, the official
@@ -123,6 +130,7 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         link_tower_type: str = "add",
         num_bridges: int | None = None,
         text_backbone: str = "roberta",
+        vision_backbone: str = "clip",
         cross_modal_num_attention_heads: int | None = None,
         cross_modal_intermediate_size: int | None = None,
         cross_modal_hidden_dropout_prob: float | None = None,
@@ -149,8 +157,11 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
             )
         if text_backbone not in TEXT_BACKBONES:
             raise ValueError(f"text_backbone={text_backbone!r} is not supported; choose one of {TEXT_BACKBONES}.")
+        if vision_backbone not in VISION_BACKBONES:
+            raise ValueError(f"vision_backbone={vision_backbone!r} is not supported; choose one of {VISION_BACKBONES}.")
         self.link_tower_type = link_tower_type
         self.text_backbone = text_backbone
+        self.vision_backbone = vision_backbone
         self.cross_modal_num_attention_heads = cross_modal_num_attention_heads or text.num_attention_heads
         self.cross_modal_intermediate_size = cross_modal_intermediate_size or text.intermediate_size
         self.cross_modal_hidden_dropout_prob = (

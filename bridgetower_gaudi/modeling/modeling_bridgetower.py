@@ -1,5 +1,5 @@
-"""BridgeTower: a CLIP-ViT vision tower and a RoBERTa / BERT text tower (transformers' own encoders) whose top layers
-feed, through bridge layers, every layer of a cross-modal encoder (ours, on SDPA).
+"""BridgeTower: a CLIP-ViT (or ViT / DeiT) vision tower and a RoBERTa / BERT text tower (transformers' own encoders)
+whose top layers feed, through bridge layers, every layer of a cross-modal encoder (ours, on SDPA).
 
 Public classes mirror transformers' BridgeTower classes (same forward arguments, outputs and checkpoint layout) and
 add `BridgeTowerForPreTraining` (MLM + ITM). Model code holds no device or parallelism logic.
@@ -13,7 +13,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel, CLIPVisionConfig, PreTrainedModel, RobertaConfig, RobertaModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    CLIPVisionConfig,
+    DeiTConfig,
+    DeiTModel,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaModel,
+    ViTConfig,
+    ViTModel,
+)
 from transformers.activations import ACT2FN
 from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask
 from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceClassifierOutput
@@ -111,6 +122,33 @@ def _text_tower_config(config: BridgeTowerConfig, attn_implementation: str):
     return tower
 
 
+def _vision_tower(config: BridgeTowerConfig, attn_implementation: str) -> nn.Module:
+    """transformers' encoder of `config.vision_backbone`: CLIPVisionTransformer, or ViTModel / DeiTModel (without
+    their poolers: BridgeTower pools in the cross-modal encoder)."""
+    if config.vision_backbone == "clip":
+        return CLIPVisionTransformer(_vision_tower_config(config, attn_implementation))
+    v = config.vision_config
+    tower_cls, config_cls = (ViTModel, ViTConfig) if config.vision_backbone == "vit" else (DeiTModel, DeiTConfig)
+    tower_config = config_cls(
+        hidden_size=v.hidden_size,
+        num_hidden_layers=config.num_vision_layers,
+        num_attention_heads=v.num_attention_heads,
+        intermediate_size=v.intermediate_size,
+        hidden_act=v.hidden_act,
+        hidden_dropout_prob=getattr(v, "hidden_dropout_prob", 0.0),
+        attention_probs_dropout_prob=v.attention_dropout,
+        layer_norm_eps=v.layer_norm_eps,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        num_channels=v.num_channels,
+        qkv_bias=getattr(v, "qkv_bias", True),
+        # ViT / DeiT initialise themselves (truncated normal): with the official std, as every other part.
+        initializer_range=INITIALIZER_RANGE * v.initializer_factor,
+    )
+    tower_config._attn_implementation = attn_implementation
+    return tower_cls(tower_config, add_pooling_layer=False)
+
+
 def _vision_tower_config(config: BridgeTowerConfig, attn_implementation: str) -> CLIPVisionConfig:
     v = config.vision_config
     tower = CLIPVisionConfig(
@@ -141,7 +179,7 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bridgetower"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["CrossModalLayer", "CLIPEncoderLayer", "RobertaLayer", "BertLayer"]
+    _no_split_modules = ["CrossModalLayer", "CLIPEncoderLayer", "ViTLayer", "DeiTLayer", "RobertaLayer", "BertLayer"]
 
     def _init_weights(self, module: nn.Module):
         std = INITIALIZER_RANGE * self.config.initializer_factor  # the official init_weights
@@ -282,7 +320,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         hidden = config.hidden_size
         text_hidden, vision_hidden = config.text_config.hidden_size, config.vision_config.hidden_size
 
-        self.vision_model = CLIPVisionTransformer(_vision_tower_config(config, attn))
+        self.vision_model = _vision_tower(config, attn)
         tower_cls = RobertaModel if config.text_backbone == "roberta" else BertModel
         self.text_model = tower_cls(_text_tower_config(config, attn), add_pooling_layer=True)
         if not config.vision_config.share_layernorm:
@@ -317,14 +355,14 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         config = self.config
         if not config.vision_config.share_layernorm and config.init_layernorm_from_vision_encoder:
             for layer_norm in self.vision_ln_separate:
-                layer_norm.load_state_dict(self.vision_model.post_layernorm.state_dict())
+                layer_norm.load_state_dict(self.vision_final_layernorm.state_dict())
 
     def _freeze_unused_parameters(self):
         """Weights kept only so checkpoints round-trip with transformers; freezing them keeps DDP free of
         find_unused_parameters and optimizers free of dead state."""
         self.text_model.pooler.requires_grad_(False)  # BridgeTower never uses the text tower's pooler
         if not self.config.vision_config.share_layernorm:
-            self.vision_model.post_layernorm.requires_grad_(False)
+            self.vision_final_layernorm.requires_grad_(False)
             first_fed = self.config.num_vision_layers - self.config.num_bridges  # 1-based; lower ones never used
             for layer_norm in self.vision_ln_separate[: first_fed - 1]:
                 layer_norm.requires_grad_(False)
@@ -348,8 +386,25 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         )
         return TowerOutput(out.hidden_states, attention_mask)
 
+    @property
+    def vision_final_layernorm(self) -> nn.LayerNorm:
+        """The vision tower's final LayerNorm (CLIP's `ln_post`, ViT / DeiT's `layernorm`): applied to every fed
+        vision state (`share_layernorm`), as the paper feeds CLIP's states."""
+        tower = self.vision_model
+        return tower.post_layernorm if self.config.vision_backbone == "clip" else tower.layernorm
+
     def encode_image(self, pixel_values, pixel_mask=None, interpolate_pos_encoding=False) -> TowerOutput:
         tower = self.vision_model
+        if self.config.vision_backbone != "clip":
+            # ViT / DeiT encoders take no attention mask, so padded pixels cannot be masked out of them.
+            if pixel_mask is not None and not bool(pixel_mask.all()):
+                raise ValueError(
+                    f"a pixel_mask with padded pixels needs a CLIP vision tower ({self.config.vision_backbone} "
+                    "towers have no attention mask): resize images to the model's size instead of padding."
+                )
+            hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+            out = tower.encoder(hidden, output_hidden_states=True)
+            return TowerOutput(out.hidden_states, None)
         hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         hidden = tower.pre_layrnorm(hidden)
         token_mask = None
@@ -362,7 +417,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
 
     def _vision_layernorm(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         if self.config.vision_config.share_layernorm:
-            return self.vision_model.post_layernorm(hidden)
+            return self.vision_final_layernorm(hidden)
         return self.vision_ln_separate[layer - 1](hidden)
 
     def _transform(self, transforms, index: int):

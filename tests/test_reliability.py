@@ -407,3 +407,42 @@ def test_more_nonfinite_steps_than_allowed_stop_the_run_with_the_fix(tmp_path):
                        r"than --max_nonfinite_steps 1\. Lower --learning_rate"):  # fmt: skip
         trainer.train()
     assert trainer.state.global_step == 2  # step 3 was not applied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_deepspeed_skips_nonfinite_steps_and_counts_them(tmp_path, zero_stage):
+    """Under DeepSpeed (one torchrun process) a NaN loss (NaN gradients) and a NaN loss with finite gradients are
+    both skipped by its ZeRO optimizer and counted; the weights stay finite (tests/deepspeed_nonfinite.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port",
+               str(29570 + zero_stage), os.path.join(ROOT, "tests", "deepspeed_nonfinite.py"),
+               os.path.join(ROOT, "run_scripts", f"ds_zero{zero_stage}.json"), str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert "DEEPSPEED NONFINITE OK" in done.stdout, (done.stdout[-2000:], done.stderr[-4000:])
+
+
+# --- the final model -----------------------------------------------------------------------------------------------
+def test_a_crash_during_the_final_save_leaves_the_previous_model_whole(tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    flags = ["--output_dir", str(output_dir), "--do_train", "--max_steps", "1", *SHORT]
+    main(flags)
+    weights = output_dir / "model.safetensors"
+    before = weights.read_bytes()
+    assert sorted(p.name for p in output_dir.iterdir() if p.name.startswith(".tmp")) == []  # staging removed
+
+    import transformers.modeling_utils
+
+    save_file = transformers.modeling_utils.safe_save_file  # what save_pretrained writes the weights with
+
+    def save_half_then_crash(tensors, filename, *args, **kwargs):
+        save_file(tensors, filename, *args, **kwargs)
+        with open(filename, "r+b") as f:  # the process died halfway through writing the weights
+            f.truncate(os.path.getsize(filename) // 2)
+        raise SimulatedCrash(filename)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_half_then_crash)
+    with pytest.raises(SimulatedCrash) as crash:
+        main([*flags, "--overwrite_output_dir", "--seed", "1"])
+    assert ".tmp-model" in str(crash.value)  # the cut file was the staged one
+    assert weights.read_bytes() == before and safetensors_problem(str(weights)) is None

@@ -73,6 +73,18 @@ class BridgeTowerTrainerMixin:
         result.metrics["nonfinite_steps"] = len(self.nonfinite_steps)
         return result
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not (self.is_deepspeed_enabled and torch.is_grad_enabled()):
+            return result
+        # DeepSpeed applies the update inside backward, before any callback could skip it; its ZeRO optimizers skip
+        # a step whose gradients are non-finite (their overflow check). A non-finite loss whose gradients happen to
+        # be finite (e.g. a NaN constant added to it) would slip through: multiplied by NaN its gradients are NaN
+        # too, so DeepSpeed skips that step as well. Multiplying by 1.0 otherwise changes nothing; no host sync.
+        loss = result[0] if return_outputs else result
+        poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan")).to(loss.dtype)
+        return (loss * poison, result[1]) if return_outputs else loss * poison
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         # Kept on the device and read once per optimizer step (skip_nonfinite_step), not once per micro-step.
@@ -87,8 +99,9 @@ class BridgeTowerTrainerMixin:
         `nonfinite_steps`, in the train metrics); more than `--max_nonfinite_steps` stop the run.
 
         One host sync per optimizer step. Under --fp16 the loss scaler skips steps whose gradients overflow (that is
-        how it calibrates), so only non-finite losses count there; under DeepSpeed the engine has already applied
-        the update inside backward, so its steps are counted (and stop the run) but not skipped here."""
+        how it calibrates), so only non-finite losses count there. Under DeepSpeed the engine has already stepped
+        (inside backward): its ZeRO optimizer skipped the update when the gradients were non-finite (compute_loss
+        makes a non-finite loss's gradients NaN), which `was_step_applied()` reports; see deepspeed_step_was_bad."""
         bad = self._nonfinite_loss
         self._nonfinite_loss = None
         if bad is None:
@@ -99,7 +112,10 @@ class BridgeTowerTrainerMixin:
         bad = bad.float()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad)  # every rank skips (or stops) alike
-        if not bad.item():
+        bad = bool(bad.item())
+        if self.is_deepspeed_enabled:
+            bad = self.deepspeed_step_was_bad(bad)
+        if not bad:
             return
         if skip_here:
             self.model.zero_grad(set_to_none=True)
@@ -107,7 +123,8 @@ class BridgeTowerTrainerMixin:
         self.nonfinite_steps.append(step)
         logger.warning(
             "step %d: non-finite loss or gradient, update %s (%d such steps so far)",
-            step, "skipped" if skip_here else "not skipped (fp16 loss scaler / DeepSpeed)", len(self.nonfinite_steps),
+            step, "not skipped (fp16 loss scaler)" if self.args.fp16 and not self.is_deepspeed_enabled else "skipped",
+            len(self.nonfinite_steps),
         )  # fmt: skip
         limit = self.recipe_args.max_nonfinite_steps
         if limit is not None and len(self.nonfinite_steps) > limit:
@@ -118,6 +135,29 @@ class BridgeTowerTrainerMixin:
                 "gradients (--max_grad_norm 1.0), train in bf16 rather than fp16, or look at the data of those "
                 "steps; then resume from the last checkpoint (--resume_from_checkpoint)."
             )
+
+    def deepspeed_step_was_bad(self, nonfinite_loss: bool) -> bool:
+        """Whether DeepSpeed's step (already taken) was a non-finite one. A step it did not apply had non-finite
+        gradients (bf16 / fp32; under fp16 its loss scaler also skips overflows while calibrating, which are not
+        counted). A non-finite step it applied anyway cannot be undone: the weights may now hold NaN, so the run
+        stops at once, naming the configurations whose optimizer checks gradients (DeepSpeed 0.19's ZeRO stages 1-3
+        in bf16 or fp32, and fp16 always; ZeRO stage 0 in fp32 does not)."""
+        applied = self.model_wrapped.was_step_applied()
+        if self.args.fp16:
+            bad = nonfinite_loss
+        else:
+            bad = nonfinite_loss or not applied
+        if bad and applied:
+            import deepspeed
+
+            raise NonFiniteStepsError(
+                f"step {self.state.global_step + 1}: the loss or gradients were non-finite and DeepSpeed "
+                f"{deepspeed.__version__} applied the update anyway (its optimizer does not check gradients in this "
+                "configuration or version, e.g. ZeRO stage 0 in fp32), so the weights may now be NaN. Use a ZeRO "
+                'stage (1, 2 or 3) in the DeepSpeed JSON (with bf16 keep "check_grad_overflow": true, the default) '
+                "or DeepSpeed 0.19, and resume from the last checkpoint."
+            )
+        return bad
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs and self.nonfinite_steps:  # the training logs: how many steps were skipped so far
@@ -223,6 +263,27 @@ class BridgeTowerTrainerMixin:
     def _get_output_dir(self, trial):
         # While a checkpoint is saved, Trainer's _save_checkpoint puts checkpoint-N under the staging folder.
         return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """The final model, written atomically: into a hidden `.tmp-model` folder inside the target, then each file
+        renamed into place (config.json last), so a kill during the save leaves every file either as it was or
+        complete, never a truncated model.safetensors beside a config.json. (The target usually holds the run's
+        checkpoints and logs too, so the folder itself cannot be renamed.) Checkpoints are staged whole by
+        _save_checkpoint, which calls this for its own folder."""
+        if _internal_call or self._staging_dir is not None:
+            return super().save_model(output_dir, _internal_call)
+        target = output_dir if output_dir is not None else self.args.output_dir
+        staging = os.path.join(target, ".tmp-model")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        super().save_model(staging, _internal_call)  # every rank: DeepSpeed ZeRO-3 gathers the weights
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            for name in sorted(os.listdir(staging), key=lambda name: name == "config.json"):
+                os.replace(os.path.join(staging, name), os.path.join(target, name))
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Checkpoints are written in transformers' BridgeTower layout; convert back before loading.

@@ -1,0 +1,1 @@
+"""Experiments built on the training run: the paper's ablations (`ablation`)."""

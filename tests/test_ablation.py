@@ -103,3 +103,5 @@ def test_grids_and_bad_flags():
     args = ablation.parse_args(["--grid", "bridge_type", "--max_steps", "7"])
     assert args.run_flags[-2:] == ["--max_steps", "7"] and "relations" in args.run_flags
     assert args.config_overrides == {"num_hidden_layers": 3}
+    args = ablation.parse_args(["--grid", "backbones", "--values", "/m/vit+/m/bert"])  # the pairs are the model
+    assert "--config_name" not in args.run_flags and args.config_overrides == {}

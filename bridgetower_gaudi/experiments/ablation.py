@@ -219,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> AblationArguments:
     flags = list(TRAINING_FLAGS)
     if not given & set(DATA_FLAGS):
         flags += DEFAULT_DATA_FLAGS
-    if not given & set(MODEL_FLAGS):
+    if args.grid != "backbones" and not given & set(MODEL_FLAGS):  # backbones: each pair is the model
         flags += DEFAULT_MODEL_FLAGS
         overrides = {**DEFAULT_MODEL_OVERRIDES, **overrides}
     values = [v.strip() for v in args.values.split(",") if v.strip()] if args.values else None

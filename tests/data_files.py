@@ -80,7 +80,9 @@ def write_arrow(path, start: int, count: int, bad_rows=()) -> list[tuple[int, st
     return pairs
 
 
-def write_tar(path, start: int, count: int, caption_as_json=False, extra: dict | None = None) -> list[tuple[int, str]]:
+def write_tar(
+    path, start: int, count: int, caption_as_json=False, extra: dict | None = None, caption_of=None
+) -> list[tuple[int, str]]:
     pairs = []
     with tarfile.open(path, "w") as tar:
 
@@ -92,7 +94,7 @@ def write_tar(path, start: int, count: int, caption_as_json=False, extra: dict |
         for i in range(start, start + count):
             key = f"sample{i:05d}"
             add(f"{key}.png", jpeg_bytes(color_image(i)))
-            caption = f"tar {i}"
+            caption = caption_of(i) if caption_of else f"tar {i}"
             add(
                 f"{key}.json" if caption_as_json else f"{key}.txt",
                 json.dumps({"caption": caption}).encode() if caption_as_json else caption.encode(),

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import tarfile
 
 import datasets
 import numpy as np
@@ -358,16 +359,85 @@ def test_every_kind_of_bad_record_is_survived_and_counted(tmp_path):
         assert example["image_id"].endswith(name) and example["pixel_values"].shape == (3, 32, 32)
 
 
-def test_streaming_survives_a_broken_tar_and_samples_without_caption(tmp_path):
+def test_tar_shards_cut_inside_a_member_or_between_two_members_are_both_reported(tmp_path):
     write_tar(tmp_path / "a.tar", 0, 3, extra={"orphan.png": jpeg_bytes(color_image(1)), "zzz.txt": b"no image"})
-    (tmp_path / "b.tar").write_bytes((tmp_path / "a.tar").read_bytes()[:2600])  # cut inside the 2nd image
+    whole = (tmp_path / "a.tar").read_bytes()
+    (tmp_path / "b.tar").write_bytes(whole[:2600])  # cut inside the 2nd image
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        members = tar.getmembers()
+    assert members[2].name == "sample00001.png"
+    # cut on a header boundary, after sample 0's two members: tarfile itself takes that for the archive's end
+    (tmp_path / "c.tar").write_bytes(whole[: members[2].offset])
     log = SkipLog(tmp_path / "skips.jsonl")
-    args = DataArguments(train_file=[str(tmp_path / "a.tar"), str(tmp_path / "b.tar")], dataset_format="webdataset")
-    dataset = build_dataset(args, synthetic_tokenizer(), 32, skip_log=log)
+    files = [str(tmp_path / name) for name in ("a.tar", "b.tar", "c.tar")]
+    dataset = build_dataset(DataArguments(train_file=files, dataset_format="webdataset"), synthetic_tokenizer(), 32,
+                            skip_log=log)  # fmt: skip
     examples = list(dataset)
-    assert len(examples) >= 3
+    assert len(examples) == 3 + 1 + 1  # a.tar's three, b.tar's first, c.tar's whole first sample
     counts = log.counts()
-    assert counts.get("empty_caption", 0) >= 1 and counts.get("missing_image", 0) >= 1 and counts.get("bad_row", 0) >= 1
+    assert counts == {"empty_caption": 1, "missing_image": 1, "truncated_shard": 2}, counts
+    cut = sorted(entry["name"] for entry in log.entries() if entry["reason"] == "truncated_shard")
+    assert cut == ["b.tar:sample00001", "c.tar:end"], cut
+
+
+def test_a_tar_shard_resumes_mid_shard_by_seeking_without_reading_what_came_before(tmp_path):
+    pairs = write_tar(tmp_path / "a.tar", 0, 6)
+    source = WebDatasetSource([str(tmp_path / "a.tar")])
+    read = list(source.iter_positions())
+    assert [record.caption for record, _ in read] == [caption for _, caption in pairs]
+    position = read[2][1]  # after the third sample: [shard, byte offset of the fourth, samples seen]
+    assert position[0] == 0 and position[1] > 0 and position[2] == 3
+    data = bytearray((tmp_path / "a.tar").read_bytes())
+    data[: position[1]] = b"x" * position[1]  # the bytes before the resume point are garbage now
+    (tmp_path / "a.tar").write_bytes(bytes(data))
+    rest = list(source.iter_positions(0, 1, position))
+    assert [record.caption for record, _ in rest] == ["tar 3", "tar 4", "tar 5"]
+    assert [p for _, p in rest] == [p for _, p in read[3:]]
+    piped = WebDatasetSource([f"pipe:cat {tmp_path / 'a.tar'}"])  # a pipe cannot seek: read up to it, not decoded
+    assert [record.caption for record, _ in piped.iter_positions(0, 1, position)] == ["tar 3", "tar 4", "tar 5"]
+
+
+def test_shards_brace_ranges_pipes_and_fewer_shards_than_readers(tmp_path):
+    write_tar(tmp_path / "s-0.tar", 0, 4)
+    write_tar(tmp_path / "s-1.tar", 4, 5)
+    source = WebDatasetSource([str(tmp_path / "s-{0..1}.tar")])
+    assert source.paths == [str(tmp_path / "s-0.tar"), str(tmp_path / "s-1.tar")]
+    # 2 shards, 3 readers: shard 0 is shared by readers 0 and 2 (every 2nd sample each), shard 1 is reader 1's
+    assert [source.plan(k, 3) for k in range(3)] == [[(source.paths[0], 2, 0)], [(source.paths[1], 1, 0)],
+                                                     [(source.paths[0], 2, 1)]]  # fmt: skip
+    per_reader = [[record.caption for record in source.iter_records(k, 3)] for k in range(3)]
+    assert per_reader == [["tar 0", "tar 2"], ["tar 4", "tar 5", "tar 6", "tar 7", "tar 8"], ["tar 1", "tar 3"]]
+    piped = WebDatasetSource([f"pipe:cat {tmp_path / 's-1.tar'}"])  # a command's output is the shard
+    assert [record.caption for record in piped.iter_records()] == ["tar 4", "tar 5", "tar 6", "tar 7", "tar 8"]
+    args = DataArguments(train_file=[str(tmp_path / "s-{0..1}.tar")])  # the format guessed from the range
+    assert len(list(build_dataset(args, synthetic_tokenizer(), 32))) == 9
+
+
+def test_skip_counts_are_unique_records_and_images_with_encounters_apart(tmp_path):
+    """3 unreadable images with 3 captions each: 9 records and 3 images skipped, however often the replacement walk,
+    the data-set negatives and a second pass over the same positions (a resumed run) meet them."""
+    images = tmp_path / "imgs"
+    write_images(images, 8)
+    for name in ("bad0.jpg", "bad1.jpg", "bad2.jpg"):
+        (images / name).write_bytes(b"not an image")
+    rows = [{"image": f"imgs/img{i}.png", "caption": [f"good {i}"]} for i in range(8)]
+    rows += [{"image": f"imgs/bad{i}.jpg", "caption": [f"bad {i} a", f"bad {i} b", f"bad {i} c"]} for i in range(3)]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    log = SkipLog(tmp_path / "skips.jsonl")
+    args = DataArguments(train_file=[str(tmp_path / "data.jsonl")], itm_negatives="dataset")
+    dataset = build_dataset(args, synthetic_tokenizer(), 32, skip_log=log)
+    assert len(dataset) == 17
+    for position in range(2 * len(dataset)):  # two epochs, as EpochSampler numbers them
+        dataset[position]
+    summary = log.summary()
+    assert summary["skipped_total"] == 9 and summary["skipped_corrupt_image"] == 9, summary
+    assert summary["skipped_images"] == 3
+    encounters = summary["skip_encounters"]
+    assert encounters > 9  # walks over the bad block, negatives drawn from it, the second epoch
+    for position in range(len(dataset), 2 * len(dataset)):  # the second epoch again: a resumed run's re-reads
+        dataset[position]
+    assert log.summary() == summary
+    assert "skipped 9 records (corrupt_image=9; 3 unreadable images), met" in log.report()
 
 
 # --- start-up errors -----------------------------------------------------------------------------------------------

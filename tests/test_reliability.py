@@ -446,3 +446,26 @@ def test_a_crash_during_the_final_save_leaves_the_previous_model_whole(tmp_path,
         main([*flags, "--overwrite_output_dir", "--seed", "1"])
     assert ".tmp-model" in str(crash.value)  # the cut file was the staged one
     assert weights.read_bytes() == before and safetensors_problem(str(weights)) is None
+
+
+# --- several ranks on streamed data --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_ranks_on_uneven_shards_run_the_same_steps_and_evaluation_batches(tmp_path):
+    """torchrun, 2 gloo processes (tests/streaming_ranks.py): training shards of 24 and 8 samples, validation shards
+    of 12 and 4, batch 4. Both ranks run 2 steps a data epoch (the shorter rank's count) and 1 evaluation batch, and
+    agree on the evaluation loss; without the common count the longer rank's extra collectives never complete."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, start, count in (("train-0", 0, 24), ("train-1", 24, 8), ("val-0", 40, 12), ("val-1", 60, 4)):
+        write_tar(data / f"{name}.tar", start, count, caption_of=lambda i: "a red circle on the left")
+    tokenizer = tmp_path / "tokenizer"
+    synthetic_tokenizer().save_pretrained(tokenizer)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29577",
+               os.path.join(ROOT, "tests", "streaming_ranks.py"), str(data), str(tokenizer),
+               str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = sorted(line.split(maxsplit=2)[2] for line in done.stdout.splitlines() if line.startswith("RANK "))
+    assert len(lines) == 2 and lines[0] == lines[1], done.stdout
+    assert lines[0].startswith("steps 6 epochs 2 eval_batches 1 "), lines  # 6 steps = 3 data epochs of 2 batches

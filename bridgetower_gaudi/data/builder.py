@@ -17,6 +17,7 @@ from .sources import (
     KarpathySource,
     MapSource,
     WebDatasetSource,
+    is_url,
 )
 from .synthetic import SYNTHETIC_TASKS, SyntheticSource
 
@@ -162,7 +163,7 @@ def build_sources(
         )
     grouped: dict[str, list[str]] = {}
     for path in files or []:
-        if not os.path.exists(path):
+        if not (os.path.exists(path) or is_url(path) or "{" in path):  # shard lists are checked by their reader
             raise DataConfigError(f"data file {path!r} does not exist: check --train_file / --validation_file.")
         fmt = guess_format(path) if args.dataset_format == "auto" else args.dataset_format
         grouped.setdefault(fmt, []).append(path)
@@ -211,5 +212,5 @@ def build_dataset(
     streaming = args.streaming or any(not isinstance(s, MapSource) for s in sources)
     check_readable(sources, builder)
     if streaming:
-        return StreamingImageTextDataset(sources, builder, skip_log, negatives, rank, world_size)
-    return ImageTextDataset(sources, builder, skip_log, negatives)
+        return StreamingImageTextDataset(sources, builder, skip_log, negatives, rank, world_size, seed=seed)
+    return ImageTextDataset(sources, builder, skip_log, negatives, seed=seed)

@@ -1,12 +1,15 @@
 """Batch assembly for pre-training: stack fixed-shape examples, mask tokens for MLM, pair images for ITM.
 
-Random choices use torch's global generator, which the DataLoader seeds per worker; with `seed` set they come from
-a generator seeded by the batch's content instead, so the same batch is masked and paired the same way whatever the
-number of processes or workers (used to compare single-process and distributed runs).
+Random choices come from a generator seeded by the examples' `draw_seed`s (set by the datasets from the run's seed
+and each example's place in the data order: a resumed run masks and pairs exactly as the uninterrupted one); with
+`seed` set, from the batch's content instead, so the same batch is masked and paired the same way whatever the
+number of processes or workers (used to compare single-process and distributed runs); without either, from torch's
+global generator.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -64,6 +67,10 @@ class PretrainingCollator:
         if self.seed is not None:
             content = zlib.crc32(batch["input_ids"].numpy().tobytes())
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + content)
+        elif "draw_seed" in examples[0]:
+            seeds = ",".join(str(e["draw_seed"]) for e in examples).encode()
+            digest = hashlib.blake2b(seeds, digest_size=8).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
         batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
         if self.mlm:
             batch["input_ids"], batch["labels"] = self.mask_tokens(

@@ -8,19 +8,32 @@ data-loader workers itself, so that no record is read twice in an epoch.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
+import logging
 import random
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from .collator import ITM_NEGATIVES
 from .images import ImageTransform, decode_image
 from .records import BadRecord, RawRecord, SkipLog
 from .sources import DataConfigError
 
+logger = logging.getLogger("bridgetower_gaudi")
+
 MAX_CAPTION_CHARS = 2000  # longer captions are cut before tokenizing (they are truncated to max_seq_length anyway)
 MAX_CONSECUTIVE_SKIPS = 100
+
+
+def draw_seed(seed: int, epoch: int, position) -> int:
+    """The seed of one example's random draws (its augmentation, its data-set negative, and with its batch-mates
+    the batch's masking and ITM pairing), a function of the run's seed, the epoch and the example's place in the data
+    order only, never of a process's random state. So a resumed run draws exactly what the uninterrupted run drew,
+    whatever the data-loader workers had prefetched or drawn before the kill."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: a valid torch seed
 
 
 class ExampleBuilder:
@@ -45,15 +58,26 @@ class ExampleBuilder:
         )
         return {k: v[0] for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
-    def image(self, record: RawRecord) -> torch.Tensor:
-        return self.transform(decode_image(record.image, record.name))
+    def image(self, record: RawRecord, rng: random.Random | None = None) -> torch.Tensor:
+        return self._transform(decode_image(record.image, record.name), rng)
 
-    def __call__(self, record: RawRecord) -> dict:
+    def _transform(self, image, rng: random.Random | None):
+        """The transform, drawing its random choices from `rng` (the example's own) when given."""
+        if rng is None or not hasattr(self.transform, "rng"):
+            return self.transform(image)
+        shared, self.transform.rng = self.transform.rng, rng
+        try:
+            return self.transform(image)
+        finally:
+            self.transform.rng = shared
+
+    def __call__(self, record: RawRecord, rng: random.Random | None = None) -> dict:
         example = self.caption(record)
-        example["pixel_values"] = self.image(record)
+        example["pixel_values"] = self.image(record, rng)
         example["image_id"] = record.image_id
         for number, (image, _) in enumerate(record.extra_images, start=2):
-            example[f"pixel_values_{number}"] = self.transform(decode_image(image, f"{record.name} (image {number})"))
+            decoded = decode_image(image, f"{record.name} (image {number})")
+            example[f"pixel_values_{number}"] = self._transform(decoded, rng)
         if record.example_id is not None:
             example["example_id"] = record.example_id
         if self.encode_target is not None:
@@ -66,16 +90,26 @@ class ImageTextDataset(Dataset):
     example). A bad record is logged and replaced by the next readable one, so batches keep their shape.
 
     `itm_negatives="dataset"` adds to every example a random other image of the data set (`false_pixel_values`,
-    `false_image_id`), as the official dataset's `draw_false_image`; the collator decides which examples use it."""
+    `false_image_id`), as the official dataset's `draw_false_image`; the collator decides which examples use it.
+
+    Items are asked for by position: `epoch * len(self) + index` (EpochSampler, the training order) or a plain
+    index (epoch 0: evaluation, Subset). Every random draw of an item comes from `draw_seed(seed, epoch, index)`
+    (`draw_seed` in the example: its batch's masking and pairing), so the data a resumed run sees is exactly the
+    uninterrupted run's, with any number of workers."""
 
     def __init__(
-        self, sources, builder: ExampleBuilder, skip_log: SkipLog | None = None, itm_negatives: str = "in_batch"
+        self,
+        sources,
+        builder: ExampleBuilder,
+        skip_log: SkipLog | None = None,
+        itm_negatives: str = "in_batch",
+        seed: int = 0,
     ):
         if itm_negatives not in ITM_NEGATIVES:
             raise DataConfigError(f"--itm_negatives {itm_negatives!r}: choose one of {ITM_NEGATIVES}.")
         self.sources, self.builder = list(sources), builder
         self.skip_log = skip_log or SkipLog()
-        self.itm_negatives = itm_negatives
+        self.itm_negatives, self.seed = itm_negatives, seed
         self.offsets = [0]
         for source in self.sources:
             self.offsets.append(self.offsets[-1] + len(source))
@@ -90,29 +124,46 @@ class ImageTextDataset(Dataset):
         number = bisect.bisect_right(self.offsets, index) - 1
         return self.sources[number][index - self.offsets[number]]
 
-    def _example(self, index: int) -> dict:
-        example = self.builder(self.record(index))
+    def image_id(self, index: int) -> str | None:
+        """The image of record `index` without reading it (to count a bad image once for all its captions)."""
+        number = bisect.bisect_right(self.offsets, index) - 1
+        entries = getattr(self.sources[number], "entries", None)
+        return entries[index - self.offsets[number]][2] if entries is not None else None
+
+    def _skip(self, bad: BadRecord, index: int, at: str) -> None:
+        self.skip_log.record(bad, record=index, image=self.image_id(index), at=at)
+
+    def _example(self, index: int, rng: random.Random, at: str) -> dict:
+        example = self.builder(self.record(index), rng)
         if self.itm_negatives == "dataset":
-            example["false_image_id"], example["false_pixel_values"] = self._other_image(example)
+            example["false_image_id"], example["false_pixel_values"] = self._other_image(example, rng, at)
         return example
 
-    def _other_image(self, example: dict) -> tuple[str, torch.Tensor]:
+    def _other_image(self, example: dict, rng: random.Random, at: str) -> tuple[str, torch.Tensor]:
         """A random image of the data set other than the example's (its own if ten draws find none readable)."""
-        for _ in range(10):
+        for draw in range(10):
+            index = rng.randrange(len(self))
             try:
-                record = self.record(random.randrange(len(self)))
+                record = self.record(index)
                 if record.image_id != example["image_id"]:
-                    return record.image_id, self.builder.image(record)
+                    return record.image_id, self.builder.image(record, rng)
             except BadRecord as bad:
-                self.skip_log.record(bad)
+                self._skip(bad, index, f"{at}/negative{draw}")
         return example["image_id"], example["pixel_values"]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, position: int) -> dict:
+        epoch, index = divmod(position, len(self))
+        seed = draw_seed(self.seed, epoch, index)
+        rng = random.Random(seed)
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
+            at = f"{epoch}/{index}/{attempt}"
+            current = (index + attempt) % len(self)
             try:
-                return self._example((index + attempt) % len(self))
+                example = self._example(current, rng, at)
+                example["draw_seed"] = seed
+                return example
             except BadRecord as bad:
-                self.skip_log.record(bad)
+                self._skip(bad, current, at)
         raise RuntimeError(
             f"{MAX_CONSECUTIVE_SKIPS} records in a row from index {index} were unreadable: "
             f"{self.skip_log.report()}. Check the data source."
@@ -120,6 +171,28 @@ class ImageTextDataset(Dataset):
 
     def check_readable(self, probe: int = 16) -> None:
         check_readable(self.sources, self.builder, probe)
+
+
+class EpochSampler(Sampler):
+    """The training order of an ImageTextDataset: a permutation per epoch (seeded by seed and epoch; file order
+    without `shuffle`), given as positions `epoch * size + index`, so each item knows its epoch (see
+    ImageTextDataset) even in persistent data-loader workers. `set_epoch` is called by the trainer's loader."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = range(self.size)
+        return iter([self.epoch * self.size + index for index in order])
 
 
 def check_readable(sources, builder: ExampleBuilder, probe: int = 16) -> None:
@@ -149,12 +222,22 @@ def distributed_position(rank: int | None = None, world_size: int | None = None)
     return 0, 1
 
 
-class StreamingImageTextDataset(IterableDataset):
-    """Iterable dataset over streaming sources (each with `iter_records(shard, num_shards)`).
+STREAM_STATE = "stream_state"  # in a streamed example and batch: where its reader resumes after it
 
-    Reader k of K = world_size * num_workers (k = rank * num_workers + worker id) reads shard k of every source, so
-    each record is read exactly once per epoch across workers and ranks. With `itm_negatives="dataset"` the negative
-    image comes from a small reservoir of recently read images."""
+
+class StreamingImageTextDataset(IterableDataset):
+    """Iterable dataset over streaming sources (each with `iter_positions(shard, num_shards, start)`).
+
+    Reader k of K = world_size * num_workers (k = rank * num_workers + worker slot) reads shard k of every source,
+    so each record is read exactly once per epoch across workers and ranks. With `itm_negatives="dataset"` the
+    negative image comes from a small reservoir of recently read images.
+
+    Every example carries its reader's position after it (STREAM_STATE: epoch, source, the source's own position,
+    records read) and draws its randomness from `draw_seed(seed, epoch, reader/count)`. StreamingLoader keeps the
+    position of each reader's last consumed batch; a resumed run sets `start` and every reader continues from there
+    (a tar shard from the byte where its next sample starts), worker slots rotated so that the batches come in the
+    same order. Not restored: the data-set-negative reservoir, which refills from the resume point (exact resume
+    of a stream needs in_batch or itc_hard negatives)."""
 
     def __init__(
         self,
@@ -165,33 +248,126 @@ class StreamingImageTextDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         reservoir_size: int = 64,
+        seed: int = 0,
     ):
         self.sources, self.builder = list(sources), builder
         self.skip_log = skip_log or SkipLog()
         self.itm_negatives, self.rank, self.world_size = itm_negatives, rank, world_size
-        self.reservoir_size = reservoir_size
+        self.reservoir_size, self.seed = reservoir_size, seed
+        self.epoch = 0
+        self.start: dict | None = None  # {"readers": {k: position}, "first_slot": s, "num_readers": K}: one epoch
 
     def __iter__(self):
+        # Not a generator itself: the position is read now, when the loader starts, not at the first record.
         rank, world_size = distributed_position(self.rank, self.world_size)
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        shard, num_shards = rank * num_workers + worker_id, world_size * num_workers
+        start = self.start or {}
+        num_readers = world_size * num_workers
+        if start and start["num_readers"] != num_readers:
+            raise DataConfigError(
+                f"the checkpoint's streaming position was saved with {start['num_readers']} readers (processes x "
+                f"data-loader workers); this run has {num_readers}: resume with the same number of processes and "
+                "--dataloader_num_workers."
+            )
+        reader = rank * num_workers + (worker_id + start.get("first_slot", 0)) % num_workers
+        return self._read(reader, num_readers, start.get("readers", {}).get(str(reader)), self.epoch)
+
+    def _read(self, reader: int, num_readers: int, position: dict | None, epoch: int):
+        first, within, count = (position["source"], position["within"], position["count"]) if position else (0, None, 0)
         reservoir: list[tuple[str, torch.Tensor]] = []
-        for source in self.sources:
-            for item in source.iter_records(shard, num_shards):
+        for number in range(first, len(self.sources)):
+            records = self.sources[number].iter_positions(reader, num_readers, within if number == first else None)
+            for item, after in records:
+                count += 1
+                at = f"{epoch}/{reader}/{count}"
                 if isinstance(item, BadRecord):
-                    self.skip_log.record(item)
+                    self.skip_log.record(item, at=at)
                     continue
+                seed = draw_seed(self.seed, epoch, f"{reader}/{count}")
+                rng = random.Random(seed)
                 try:
-                    example = self.builder(item)
+                    example = self.builder(item, rng)
                 except BadRecord as bad:
-                    self.skip_log.record(bad)
+                    self.skip_log.record(bad, image=item.image_id, at=at)
                     continue
                 if self.itm_negatives == "dataset":
                     others = [(i, img) for i, img in reservoir if i != example["image_id"]]
                     # none yet (a reader's first records): the collator then takes another image of the batch
-                    false = random.choice(others) if others else (example["image_id"], example["pixel_values"])
+                    false = rng.choice(others) if others else (example["image_id"], example["pixel_values"])
                     example["false_image_id"], example["false_pixel_values"] = false
                     reservoir.append((example["image_id"], example["pixel_values"]))
                     del reservoir[: -self.reservoir_size]
+                example["draw_seed"] = seed
+                example[STREAM_STATE] = {"reader": reader, "epoch": epoch, "source": number, "within": after,
+                                         "count": count}  # fmt: skip
                 yield example
+
+
+class KeepStreamState:
+    """A collator that also passes on the stream position of the batch's last example (the reader's position after
+    the batch; each data-loader worker makes whole batches from its own reader)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        batch[STREAM_STATE] = examples[-1][STREAM_STATE]
+        return batch
+
+
+class StreamingLoader:
+    """What the trainer iterates for a streaming dataset: the DataLoader's batches, with
+
+    - the same number of batches on every rank: before each batch the ranks agree (one all-reduce of one flag)
+      that all of them still have one, and the first rank to run out ends the epoch for all (a common cap: batches
+      the longer ranks had left are not used in that epoch). Unevenly sized shards would otherwise give the ranks
+      different step counts, and the collectives of the longer ranks' extra steps would wait for ever;
+    - the position of each reader's last consumed batch (`state()`, saved with each checkpoint; `resume(state)`
+      continues from there: no batch is read twice or skipped, and nothing is replayed).
+
+    A training loader moves to the next epoch (new draws) after each pass; an evaluation one (`training=False`)
+    draws the same every time."""
+
+    def __init__(self, loader, dataset: StreamingImageTextDataset, device=None, training: bool = True):
+        self.loader, self.dataset, self.device, self.training = loader, dataset, device, training
+        self.workers = max(1, loader.num_workers)
+        self.epoch, self.readers, self.next_slot, self._start = 0, {}, 0, None
+
+    def state(self) -> dict:
+        rank, world_size = distributed_position(self.dataset.rank, self.dataset.world_size)
+        return {"epoch": self.epoch, "readers": dict(self.readers), "next_slot": self.next_slot,
+                "num_readers": world_size * self.workers}  # fmt: skip
+
+    def resume(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.readers, self.next_slot = dict(state["readers"]), state["next_slot"]
+        self._start = {"readers": self.readers, "first_slot": self.next_slot, "num_readers": state["num_readers"]}
+
+    def _all_have_a_batch(self, have: bool) -> bool:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return have
+        flag = torch.tensor([1 if have else 0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def __iter__(self):
+        self.dataset.epoch, self.dataset.start = self.epoch, self._start
+        iterator = iter(self.loader)
+        self.dataset.start, self._start = None, None  # the loader's readers have it (workers: their own copy)
+        while True:
+            batch = next(iterator, None)
+            if not self._all_have_a_batch(batch is not None):
+                if batch is not None:
+                    logger.warning(
+                        "streamed data: another rank ran out of batches, so this one ends its %s pass too with "
+                        "batches left (the ranks' shards are uneven: give each rank as many samples, e.g. more, "
+                        "equal shards than ranks x data-loader workers)", "training" if self.training else "evaluation"
+                    )  # fmt: skip
+                break
+            state = batch.pop(STREAM_STATE)
+            self.readers[str(state["reader"])] = state
+            self.next_slot = (state["reader"] % self.workers + 1) % self.workers
+            yield batch
+        self.epoch, self.readers, self.next_slot = self.epoch + int(self.training), {}, 0

@@ -24,7 +24,10 @@ SKIP_REASONS = {
     "truncated_image": "the image data ends early",
     "empty_caption": "the caption is empty or not text",
     "bad_row": "the row of the source file is malformed",
+    "truncated_shard": "the tar shard was cut short (inside a member, or between two members)",
 }
+# The reasons that are the image's fault: one unreadable image takes every caption (record) of it along.
+IMAGE_REASONS = ("missing_image", "empty_image", "corrupt_image", "truncated_image")
 
 
 class BadRecord(Exception):
@@ -58,10 +61,16 @@ class RawRecord:
 
 
 class SkipLog:
-    """Counts skipped records per reason across processes (workers append to `path`)."""
+    """Skipped records across processes (workers append to `path`), counted per unique record.
+
+    A bad record is met many times: the replacement walk meets it again, it is drawn as an ITM negative, a resumed
+    run re-reads it. Each meeting is one line (`record`: which record, `image`: which image for the image reasons,
+    `at`: where in the data order it was met); the report counts unique records (per reason), unique images, and
+    encounters (unique (record, at) pairs, so the re-reads of a resumed run add nothing) as a separate figure."""
 
     def __init__(self, path: str | None = None, fresh: bool = False):
-        """`fresh=True` starts the count at zero (a new run); otherwise an existing log is appended to."""
+        """`fresh=True` starts the count at zero (a new run); otherwise an existing log is appended to (a resumed
+        run: its encounters are merged with the first run's)."""
         if path is None:
             handle, path = tempfile.mkstemp(prefix="bridgetower_skipped_", suffix=".jsonl")
             os.close(handle)
@@ -70,10 +79,19 @@ class SkipLog:
         if fresh and os.path.exists(self.path):
             os.remove(self.path)
 
-    def record(self, bad: BadRecord) -> None:
-        line = json.dumps({"reason": bad.reason, "name": bad.name, "detail": bad.detail[:200]})
+    def record(self, bad: BadRecord, record=None, image=None, at=None) -> None:
+        """Log one encounter of `bad`: `record` identifies the record (default: its name), `image` its image (image
+        reasons only; default: the record's name), `at` the position in the data order it was met at."""
+        entry = {
+            "reason": bad.reason,
+            "name": bad.name,
+            "detail": bad.detail[:200],
+            "record": str(record if record is not None else bad.name),
+            "image": str(image if image is not None else bad.name) if bad.reason in IMAGE_REASONS else None,
+            "at": None if at is None else str(at),
+        }
         with open(self.path, "a") as f:  # one short append per skip: atomic enough across worker processes
-            f.write(line + "\n")
+            f.write(json.dumps(entry) + "\n")
 
     def entries(self) -> list[dict]:
         return self._read(self.path)
@@ -96,26 +114,41 @@ class SkipLog:
     def summary_of(cls, paths: list[str], first: int = 5) -> dict:
         return cls._summarize([entry for path in paths for entry in cls._read(path)], first)
 
+    @staticmethod
+    def _unique(entries: list[dict]) -> dict[str, dict]:
+        """record -> its first entry."""
+        unique: dict[str, dict] = {}
+        for entry in entries:
+            unique.setdefault(entry.get("record", entry["name"]), entry)
+        return unique
+
     def counts(self) -> dict[str, int]:
-        return dict(collections.Counter(entry["reason"] for entry in self.entries()))
+        """Unique records per reason."""
+        return dict(collections.Counter(e["reason"] for e in self._unique(self.entries()).values()))
 
     def summary(self, first: int = 5) -> dict:
-        """{"skipped_total": n, "skipped_<reason>": n, ..., "skipped_examples": ["reason: name", ...]}."""
         return self._summarize(self.entries(), first)
 
-    @staticmethod
-    def _summarize(entries: list[dict], first: int) -> dict:
-        out: dict[str, Any] = {"skipped_total": len(entries)}
-        for reason, count in sorted(collections.Counter(e["reason"] for e in entries).items()):
+    @classmethod
+    def _summarize(cls, entries: list[dict], first: int) -> dict:
+        """{"skipped_total": unique records (image-caption pairs), "skipped_<reason>": unique records,
+        "skipped_images": unique unreadable images, "skip_encounters": times a bad record was met,
+        "skipped_examples": ["reason: name", ...]}."""
+        unique = cls._unique(entries)
+        out: dict[str, Any] = {"skipped_total": len(unique)}
+        for reason, count in sorted(collections.Counter(e["reason"] for e in unique.values()).items()):
             out[f"skipped_{reason}"] = count
-        out["skipped_examples"] = [f"{e['reason']}: {e['name']}" for e in entries[:first]]
+        out["skipped_images"] = len({e["image"] for e in unique.values() if e.get("image")})
+        out["skip_encounters"] = len({(e.get("record", e["name"]), e.get("at")) for e in entries})
+        out["skipped_examples"] = [f"{e['reason']}: {e['name']}" for e in list(unique.values())[:first]]
         return out
 
     def report(self) -> str:
         summary = self.summary()
         if not summary["skipped_total"]:
             return "no records skipped"
-        parts = [
-            f"{k[len('skipped_') :]}={v}" for k, v in summary.items() if k not in ("skipped_total", "skipped_examples")
-        ]
-        return f"skipped {summary['skipped_total']} records ({', '.join(parts)}); first: {summary['skipped_examples']}"
+        reasons = [f"{k[len('skipped_') :]}={v}" for k, v in summary.items() if k[len("skipped_") :] in SKIP_REASONS]
+        return (
+            f"skipped {summary['skipped_total']} records ({', '.join(reasons)}; {summary['skipped_images']} unreadable "
+            f"images), met {summary['skip_encounters']} times; first: {summary['skipped_examples']}"
+        )

@@ -1,8 +1,9 @@
 """Readers: each turns one on-disk format into image-text records, one record per caption.
 
 Random-access sources (`__len__`, `__getitem__`) back the map-style dataset; every source also streams
-(`iter_records(shard, num_shards)`), which is how tar shards and `--streaming` runs read. Readers raise `BadRecord`
-for a record they cannot use, and `DataConfigError` at construction when the source itself cannot work.
+(`iter_positions(shard, num_shards, start)`: each record with the position to resume after it), which is how tar
+shards and `--streaming` runs read. Readers raise `BadRecord` for a record they cannot use, and `DataConfigError` at
+construction when the source itself cannot work.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ class MapSource:
         return image
 
     def iter_records(self, shard: int = 0, num_shards: int = 1) -> Iterator[RawRecord | BadRecord]:
-        for index in range(shard, len(self), num_shards):
+        return (item for item, _ in self.iter_positions(shard, num_shards))
+
+    def iter_positions(self, shard: int = 0, num_shards: int = 1, start=None):
+        """(record or BadRecord, the position after it: the next index to read) for shard `shard` of `num_shards`,
+        from position `start` (a position this gave before) or the beginning."""
+        for index in range(shard if start is None else start, len(self), num_shards):
             try:
-                yield self[index]
+                yield self[index], index + num_shards
             except BadRecord as bad:
-                yield bad
+                yield bad, index + num_shards
 
 
 def _captions(value, name: str) -> list:
@@ -235,49 +241,143 @@ class HFDatasetSource(MapSource):
 _IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
+def expand_shards(path: str) -> list[str]:
+    """`cc3m-{000000..000331}.tar` -> the 332 shard names (webdataset's brace expansion; `::` separates lists)."""
+    from webdataset.shardlists import expand_urls
+
+    return expand_urls(path)
+
+
+def is_url(path: str) -> bool:
+    """`pipe:COMMAND` (its output is the shard) and remote URLs are opened by webdataset's gopen, never checked on
+    disk."""
+    return path.startswith("pipe:") or "://" in path and not path.startswith("file://")
+
+
+class _Tail:
+    """A read-only stream that remembers how many bytes it gave and the last 1024 of them: a tar file that ends
+    without its end-of-archive blocks (two zero blocks) was cut, even where the cut fell between two members, which
+    tarfile itself takes for the end of the archive."""
+
+    def __init__(self, stream):
+        self.stream, self.count, self.last = stream, 0, b""
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        self.count += len(data)
+        self.last = (self.last + data)[-1024:]
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+    def ended_properly(self) -> bool:
+        return self.count % 512 == 0 and len(self.last) == 1024 and not any(self.last)
+
+
 class WebDatasetSource:
-    """Tar shards (CC3M / SBU scale) of samples `key.jpg|png` + `key.txt|json`, streamed without unpacking.
-    Read with the standard library's streaming tarfile: the format is simple, and this keeps bad samples countable.
-    With at least as many shards as readers each reader takes whole shards; otherwise samples are split."""
+    """Tar shards (CC3M / SBU scale) of samples `key.jpg|png` + `key.txt|json`, streamed without unpacking: local
+    files, brace ranges (`cc3m-{000000..000331}.tar`, expanded by webdataset), and `pipe:COMMAND` / remote URLs
+    (opened with webdataset's gopen). Shards are read with the standard library's streaming tarfile rather than
+    webdataset's tar iterator: a mid-shard resume needs each sample's byte offset (to seek to it), which
+    webdataset's iterator does not give.
+
+    Readers (ranks x data-loader workers) split the shards: with at least as many shards as readers each takes whole
+    shards; with fewer, each shard is read by the readers that share it (reader k reads shard k % S and takes every
+    c-th of its samples, c readers sharing it), never by every reader. A shard cut inside a member, or cut between
+    two members (no end-of-archive blocks), is reported as `truncated_shard`."""
 
     def __init__(self, paths: list[str]):
-        for path in paths:
-            _require_file(path, "--train_file/--validation_file")
-        self.paths = sorted(paths)
-        self.name = os.path.basename(self.paths[0]) + (f"+{len(paths) - 1}" if len(paths) > 1 else "")
+        shards = [shard for path in paths for shard in expand_shards(path)]
+        for path in shards:
+            if not is_url(path):
+                _require_file(path, "--train_file/--validation_file")
+        self.paths = sorted(shards)
+        self.name = os.path.basename(self.paths[0]) + (f"+{len(self.paths) - 1}" if len(self.paths) > 1 else "")
+
+    def plan(self, reader: int, num_readers: int) -> list[tuple[str, int, int]]:
+        """(shard, every, phase) for one reader: it takes the samples n of the shard with n % every == phase."""
+        count = len(self.paths)
+        if count >= num_readers:
+            return [(path, 1, 0) for path in self.paths[reader::num_readers]]
+        sharing = len(range(reader % count, num_readers, count))
+        return [(self.paths[reader % count], sharing, reader // count)]
 
     def iter_records(self, shard: int = 0, num_shards: int = 1) -> Iterator[RawRecord | BadRecord]:
-        if len(self.paths) >= num_shards:
-            for path in self.paths[shard::num_shards]:
-                yield from self._samples(path)
-            return
-        for number, sample in enumerate(s for path in self.paths for s in self._samples(path)):
-            if number % num_shards == shard:
-                yield sample
+        return (item for item, _ in self.iter_positions(shard, num_shards))
 
-    def _samples(self, path: str) -> Iterator[RawRecord | BadRecord]:
+    def iter_positions(self, shard: int = 0, num_shards: int = 1, start=None):
+        """(record or BadRecord, position after it); a position is [shard in the plan, byte offset of the next
+        sample, samples of that shard seen]: a resume seeks there (local files; a pipe or URL is read up to it)."""
+        plan = self.plan(shard, num_shards)
+        first, offset, seen = start if start is not None else (0, 0, 0)
+        for number in range(first, len(plan)):
+            path, every, phase = plan[number]
+            if number != first:
+                offset, seen = 0, 0
+            for item, after in self._samples(path, offset):
+                if isinstance(item, BadRecord) and item.reason == "truncated_shard":
+                    if phase == 0:  # reported once, by the first of the readers sharing the shard
+                        yield item, [number + 1, 0, 0]
+                    continue
+                seen += 1
+                if (seen - 1) % every == phase:
+                    yield item, [number, after, seen] if after is not None else [number + 1, 0, 0]
+
+    def _open(self, path: str, offset: int):
+        if is_url(path):
+            import webdataset
+
+            stream = webdataset.gopen(path, "rb")
+            remaining = offset
+            while remaining:  # a pipe cannot seek: read up to the resume point (no sample is decoded)
+                data = stream.read(min(remaining, 1 << 20))
+                if not data:
+                    break
+                remaining -= len(data)
+            return stream
+        stream = open(path, "rb")
+        stream.seek(offset)
+        return stream
+
+    def _samples(self, path: str, offset: int = 0):
+        """(record, byte offset where the next sample starts) for the samples from byte `offset`; the offset is
+        None after a damaged shard's report."""
         base = os.path.basename(path)
         current_key, fields = None, {}
+        stream = self._open(path, offset)
+        tail = _Tail(stream)
         try:
-            with tarfile.open(path, "r|*") as tar:
+            with tarfile.open(fileobj=tail, mode="r|*") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
                     key, _, extension = os.path.basename(member.name).partition(".")
                     key = os.path.join(os.path.dirname(member.name), key)
                     if key != current_key and current_key is not None:
-                        yield self._record(base, current_key, fields)
+                        yield self._record(base, current_key, fields), offset + member.offset
                         fields = {}
                     current_key = key
                     data = tar.extractfile(member).read()
                     if len(data) < member.size:  # streaming tarfile returns short reads silently at EOF
                         raise tarfile.ReadError(f"{member.name} ends after {len(data)} of {member.size} bytes")
                     fields[extension.lower()] = data
+                tail.drain()
+                end = offset + tail.count
         except (tarfile.TarError, OSError, EOFError) as error:
-            yield BadRecord("bad_row", f"{base}", f"unreadable tar data after {current_key!r}: {error}")
+            detail = f"cut inside a member after {current_key!r}: {error}"
+            yield BadRecord("truncated_shard", f"{base}:{current_key}", detail), None
             return
+        finally:
+            stream.close()
+        cut = path.endswith(".tar") and not tail.ended_properly()
         if current_key is not None:
-            yield self._record(base, current_key, fields)
+            # A cut between two members may have taken the last sample's other members: it is kept if whole.
+            yield self._record(base, current_key, fields), None if cut else end
+        if cut:
+            detail = f"ends after {current_key!r} without its end-of-archive blocks (cut between two members)"
+            yield BadRecord("truncated_shard", f"{base}:end", detail), None
 
     def _record(self, base, key, fields) -> RawRecord | BadRecord:
         name = f"{base}:{key}"

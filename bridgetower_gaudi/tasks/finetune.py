@@ -62,7 +62,7 @@ def task_dataset(task: str, data_args, tokenizer, image_size: int, split: str, s
     mode = data_args.image_transform if split == "train" else evaluation_transform(data_args.image_transform)
     builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode), data_args.max_seq_length, encode_target)
     check_readable(sources, builder)
-    return ImageTextDataset(sources, builder, skip_log, itm_negatives="none")
+    return ImageTextDataset(sources, builder, skip_log, itm_negatives="none", seed=seed)
 
 
 def apply_paper_resolution(model, data_args, sizes: dict[tuple[int, int], int]) -> None:

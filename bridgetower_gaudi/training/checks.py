@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from ..data import DataArguments
+from ..data.sources import expand_shards, is_url
 from ..modeling import PRESETS, BridgeTowerConfig
 from .arguments import ModelArguments
 
@@ -110,8 +111,9 @@ def data_file_problems(data_args: DataArguments, task_args=None) -> list[str]:
         ("--answer_vocabulary_file", getattr(task_args, "answer_vocabulary_file", None)),
     ]
     problems = []
+    named = [(flag, shard) for flag, path in named for shard in ([path] if path is None else expand_shards(path))]
     for flag, path in named:
-        if path is None:
+        if path is None or is_url(path):  # pipe: / remote shards are opened when read
             continue
         if not os.path.exists(path):
             problems.append(f"{flag} {path} does not exist: check the path.")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataArguments, SkipLog, synthetic_tokenizer
 from ..device import (
@@ -171,8 +172,20 @@ def build_model(model_cls, model_args: ModelArguments, data_args: DataArguments,
     return model_cls(config)
 
 
+def resolve_resume(args) -> None:
+    """`--resume_from_checkpoint auto`: the newest checkpoint-N in --output_dir (a checkpoint-N folder is always
+    complete: it is renamed into place once written), or a fresh start when there is none, so that one command line
+    both starts a preemptible job and restarts it."""
+    if args.resume_from_checkpoint != "auto":
+        return
+    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    logger.info("--resume_from_checkpoint auto: %s", f"resuming from {last}" if last else "no checkpoint, starting")
+    args.resume_from_checkpoint = last
+
+
 def build_trainer(task, model_args, data_args, task_args, args):
     """Model, data, collators, metrics and trainer for already-resolved arguments (Trainer or GaudiTrainer)."""
+    resolve_resume(args)
     check_run_flags(model_args, data_args, task_args, args)  # before anything is built or written
     args.dataloader_drop_last = True  # static shapes: every batch the same size (HPU graphs, compile)
     args.remove_unused_columns = False
@@ -188,7 +201,8 @@ def build_trainer(task, model_args, data_args, task_args, args):
     model.config.image_transform = data_args.image_transform  # saved: inference uses its evaluation counterpart
     image_size = data_args.image_size or model.config.vision_config.image_size
 
-    skip_log = SkipLog(_skip_log_path(data_args, args, "train"), fresh=True)
+    # A resumed run adds to its first part's log: its re-reads are the same encounters (SkipLog counts them once).
+    skip_log = SkipLog(_skip_log_path(data_args, args, "train"), fresh=not args.resume_from_checkpoint)
     eval_skip_log = SkipLog(_skip_log_path(data_args, args, "validation"), fresh=True)
     build = lambda split, log: task.build_dataset(data_args, task_args, tokenizer, image_size, split, args.seed, log)
     train_dataset = build("train", skip_log) if args.do_train else None

@@ -5,6 +5,7 @@ steps. Model, collator and optimizer code are the same on every device."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 from transformers.utils.import_utils import is_torch_greater_or_equal
 
 from ..data import SkipLog
+from ..data.dataset import EpochSampler, ImageTextDataset, KeepStreamState, StreamingLoader
 from ..device import is_gaudi_arguments
 from ..modeling import checkpoint_conversion
 from .arguments import RecipeArguments
@@ -53,6 +55,21 @@ class NonFiniteStepGuard(TrainerCallback):
         self.trainer.skip_nonfinite_step()
 
 
+class ResumeRandomState(TrainerCallback):
+    """Restores the checkpoint's random state once more right before the first step of a resumed run. Trainer
+    restores it at the start of the epoch, but creating the data iterator then draws from it (the loader's base
+    seed), which the uninterrupted run did at another time; the model's own draws (ITC hard negatives, dropout)
+    would then differ. The data draws do not depend on it (see data.dataset.draw_seed)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        checkpoint, self.trainer._resuming_from = self.trainer._resuming_from, None
+        if checkpoint is not None:
+            self.trainer._load_rng_state(checkpoint)
+
+
 class BridgeTowerTrainerMixin:
     """Shared by BridgeTowerTrainer (transformers) and the Gaudi trainer (`gaudi_trainer_class`)."""
 
@@ -64,12 +81,20 @@ class BridgeTowerTrainerMixin:
         self._staging_dir = None  # set while a checkpoint is being written (see _save_checkpoint)
         self._nonfinite_loss = None  # on the device: a micro-step of this optimizer step had a non-finite loss
         self.nonfinite_steps: list[int] = []  # the optimizer steps skipped in this train() call
+        self._train_stream: StreamingLoader | None = None  # the streaming training loader (its position is saved)
+        self._resuming_from: str | None = None  # the checkpoint this train() resumes from
         super().__init__(*args, **kwargs)
         self.add_callback(NonFiniteStepGuard(self))
+        self.add_callback(ResumeRandomState(self))
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self.nonfinite_steps, self._nonfinite_loss = [], None
-        result = super().train(*args, **kwargs)
+        self._resuming_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        if isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            # The stream continues from each reader's saved position (get_train_dataloader); Trainer's own resume
+            # would replay the batches before the checkpoint through the readers.
+            self.args.ignore_data_skip = True
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
         result.metrics["nonfinite_steps"] = len(self.nonfinite_steps)
         return result
 
@@ -188,22 +213,33 @@ class BridgeTowerTrainerMixin:
         return self.optimizer
 
     def _get_train_sampler(self, *args, **kwargs):
+        dataset = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
+        dataset = dataset if dataset is not None else self.train_dataset
+        if isinstance(dataset, ImageTextDataset):  # each item knows its epoch: its draws are the same on resume
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSampler(len(dataset), seed, shuffle=self.recipe_args.shuffle_train_data)
         if not self.recipe_args.shuffle_train_data:
-            dataset = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
-            return torch.utils.data.SequentialSampler(dataset if dataset is not None else self.train_dataset)
+            return torch.utils.data.SequentialSampler(dataset)
         return super()._get_train_sampler(*args, **kwargs)
 
     def get_train_dataloader(self):
         # A streaming dataset splits itself across ranks and workers; accelerate's wrapper would split it again.
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset):
-            return self._streaming_loader(self.train_dataset, self._train_batch_size)
+            self._train_stream = StreamingLoader(
+                self._streaming_loader(self.train_dataset, self._train_batch_size), self.train_dataset,
+                self.args.device,
+            )  # fmt: skip
+            if self._resuming_from is not None:
+                self._train_stream.resume(self._load_data_state(self._resuming_from))
+            return self._train_stream
         return super().get_train_dataloader()
 
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         collator = self.eval_data_collator or self.data_collator
         if isinstance(dataset, torch.utils.data.IterableDataset):
-            return self._streaming_loader(dataset, self.args.eval_batch_size, collator)
+            loader = self._streaming_loader(dataset, self.args.eval_batch_size, collator)
+            return StreamingLoader(loader, dataset, self.args.device, training=False)
         training_collator, self.data_collator = self.data_collator, collator  # Trainer builds loaders from it
         try:
             return super().get_eval_dataloader(eval_dataset)
@@ -215,7 +251,7 @@ class BridgeTowerTrainerMixin:
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            collate_fn=collator or self.data_collator,
+            collate_fn=KeepStreamState(collator or self.data_collator),
             num_workers=workers,
             drop_last=self.args.dataloader_drop_last,
             pin_memory=self.args.dataloader_pin_memory,
@@ -245,6 +281,7 @@ class BridgeTowerTrainerMixin:
             super()._save_checkpoint(model, trial)  # writes staging/checkpoint-N (_get_output_dir below)
         finally:
             self._staging_dir = None
+        self._save_data_state(staged)
         if self.state.best_model_checkpoint == staged:  # this step is the best: name it where it will be
             self.state.best_model_checkpoint = final
             if self.args.should_save:
@@ -259,6 +296,27 @@ class BridgeTowerTrainerMixin:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:  # Trainer's rotation ran inside the staging folder: --save_total_limit here
             self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+
+    def _data_state_path(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"data_state.rank{self.args.process_index}.json")
+
+    def _save_data_state(self, checkpoint: str) -> None:
+        """Where this rank's streaming readers resume (map-style data needs nothing: the sampler's order is
+        replayed by index, without reading)."""
+        if self._train_stream is not None:
+            with open(self._data_state_path(checkpoint), "w") as f:
+                json.dump(self._train_stream.state(), f)
+
+    def _load_data_state(self, checkpoint: str) -> dict:
+        path = self._data_state_path(checkpoint)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{checkpoint} has no {os.path.basename(path)}: it was not saved by a streaming run on this many "
+                "processes, so where the stream stood is unknown. Resume it with the data flags and number of "
+                "processes it was trained with."
+            )
+        with open(path) as f:
+            return json.load(f)
 
     def _get_output_dir(self, trial):
         # While a checkpoint is saved, Trainer's _save_checkpoint puts checkpoint-N under the staging folder.

@@ -1,0 +1,123 @@
+"""Exact resume: a pre-training run SIGKILLed at an arbitrary moment (mid-step, or mid-save) and restarted with
+`--resume_from_checkpoint auto` ends at the same step with bit-identical weights and the same skip counts as the run
+that was never interrupted (CPU, one torch thread): map-style data (random augmentation, ITC hard negatives drawn by
+the model, masking, data-loader workers) and a streamed tar source (resumed mid-shard)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from bridgetower_gaudi.data import synthetic_tokenizer
+from bridgetower_gaudi.data.synthetic import POSITIONS, SHAPES
+from bridgetower_gaudi.training.pretrain import main
+from tests.data_files import color_image, write_tar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_STEPS = 12
+
+
+def _caption(i: int) -> str:
+    return f"a {SHAPES[i % 3]} on the {POSITIONS[i % 4]}"  # words of the synthetic tokenizer
+
+
+def _jsonl_data(folder) -> list[str]:
+    """20 images with 2 captions each, 2 of them unreadable (4 records)."""
+    images = folder / "imgs"
+    images.mkdir(parents=True)
+    rows = []
+    for i in range(20):
+        name = f"img{i}.png"
+        if i in (5, 13):
+            (images / name).write_bytes(b"not an image")
+        else:
+            color_image(i, (40 + i, 30)).save(images / name)
+        rows.append({"image": f"imgs/{name}", "caption": [_caption(i), f"the {SHAPES[i % 3]}"]})
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return ["--train_file", str(folder / "data.jsonl"), "--image_transform", "blip_randaug_wc",
+            "--objectives", "mlm,itm,itc", "--dataloader_num_workers", "2"]  # fmt: skip
+
+
+def _tar_data(folder) -> list[str]:
+    """Three shards of 9, 8 and 7 samples (one with an unreadable image), read by 2 data-loader workers (4 and 2
+    batches an epoch: their order matters on resume); ITC hard negatives (drawn by the model from the process's
+    random state)."""
+    folder.mkdir(parents=True)
+    for number, (start, count) in enumerate(((0, 9), (9, 8), (17, 7))):
+        extra = {"sample09999.png": b"not an image", "sample09999.txt": b"broken"} if number == 1 else None
+        write_tar(folder / f"shard-{number}.tar", start, count, extra=extra, caption_of=_caption)
+    return ["--train_file", str(folder / "shard-{0..2}.tar"), "--objectives", "mlm,itm,itc",
+            "--dataloader_num_workers", "2"]  # fmt: skip
+
+
+def _flags(tmp_path, data_flags, output_dir) -> list[str]:
+    tokenizer = tmp_path / "tokenizer"
+    if not tokenizer.exists():
+        synthetic_tokenizer().save_pretrained(tokenizer)
+    return ["--output_dir", str(output_dir), "--do_train", "--max_steps", str(MAX_STEPS), "--save_steps", "3",
+            "--per_device_train_batch_size", "4", "--max_seq_length", "16", "--learning_rate", "1e-3",
+            "--logging_steps", "1", "--report_to", "none", "--seed", "3", "--tokenizer_name", str(tokenizer),
+            "--resume_from_checkpoint", "auto", *data_flags]  # fmt: skip
+
+
+def _kill_during(flags, output_dir, moment: str) -> list[str]:
+    """Start the run as a subprocess and SIGKILL it mid-step (at a random time after checkpoint-3 is complete) or
+    mid-save (as soon as the staging folder of a save after the first appears). Returns the checkpoints left."""
+    command = [sys.executable, os.path.join(ROOT, "run_scripts", "run_pretrain.py"), *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            names = os.listdir(output_dir) if output_dir.is_dir() else []
+            if moment == "save" and any(n.startswith(".tmp-checkpoint-") and n != ".tmp-checkpoint-3" for n in names):
+                break
+            if moment == "step" and "checkpoint-3" in names:
+                time.sleep(random.uniform(0.0, 0.3))  # somewhere in the steps after it
+                break
+            time.sleep(0.002)
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        process.kill()
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    return sorted(n for n in os.listdir(output_dir) if n.startswith("checkpoint-"))
+
+
+def _final(output_dir) -> tuple[int, dict, dict]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    results = json.loads((output_dir / "all_results.json").read_text())
+    skips = {k: v for k, v in results.items() if k.startswith("skip") and k != "skipped_examples"}
+    return state["global_step"], load_file(output_dir / "model.safetensors"), skips
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data, moment", [(_jsonl_data, "step"), (_tar_data, "save")], ids=["map-style", "tar"])
+def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path, data, moment):
+    data_flags = data(tmp_path / "data")
+    results = main(_flags(tmp_path, data_flags, tmp_path / "whole"))  # "auto" without a checkpoint: a fresh start
+    assert results["nonfinite_steps"] == 0 and results["train_loss"] > 0, results
+    step, weights, skips = _final(tmp_path / "whole")
+    assert step == MAX_STEPS and skips["skipped_total"] > 0, skips
+
+    killed = tmp_path / "killed"
+    left = _kill_during(_flags(tmp_path, data_flags, killed), killed, moment)
+    assert left and f"checkpoint-{MAX_STEPS}" not in left, left  # killed before the end
+    if data is _tar_data:  # checkpoint-3 (3 batches of 4): both readers stand inside a shard, past its start
+        (state,) = [json.loads(p.read_text()) for p in (killed / "checkpoint-3").glob("data_state.rank*.json")]
+        assert sorted(r["within"][1] > 0 for r in state["readers"].values()) == [True, True], state
+    main(_flags(tmp_path, data_flags, killed))  # the same command: resumes from the newest checkpoint
+    resumed_step, resumed_weights, resumed_skips = _final(killed)
+    assert resumed_step == step and resumed_skips == skips
+    assert sorted(resumed_weights) == sorted(weights)
+    different = [name for name in weights if not resumed_weights[name].equal(weights[name])]
+    assert different == [], different[:5]

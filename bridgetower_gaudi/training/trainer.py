@@ -56,10 +56,11 @@ class NonFiniteStepGuard(TrainerCallback):
 
 
 class ResumeRandomState(TrainerCallback):
-    """Restores the checkpoint's random state once more right before the first step of a resumed run. Trainer
-    restores it at the start of the epoch, but creating the data iterator then draws from it (the loader's base
-    seed), which the uninterrupted run did at another time; the model's own draws (ITC hard negatives, dropout)
-    would then differ. The data draws do not depend on it (see data.dataset.draw_seed)."""
+    """Restores the checkpoint's random state once more right before the first step of a resumed run. When Trainer
+    skips batches (map-style data) it does this itself; when it does not (a stream resumes from its saved position,
+    `ignore_data_skip`), it restores the state at the start of the epoch, and creating the data iterator then draws
+    from it (the loader's base seed), which the uninterrupted run did at another time: the model's own draws (ITC
+    hard negatives, dropout) would differ. The data draws do not depend on it (see data.dataset.draw_seed)."""
 
     def __init__(self, trainer):
         self.trainer = trainer

@@ -27,6 +27,7 @@ from bridgetower_gaudi.data import (
     decode_image,
     synthetic_tokenizer,
 )
+from bridgetower_gaudi.data.dataset import STREAM_STATE
 from bridgetower_gaudi.data.sources import ArrowSource, JsonLinesSource, KarpathySource, WebDatasetSource
 from bridgetower_gaudi.data.synthetic import ATTRIBUTE_WORDS
 from tests.data_files import (
@@ -411,6 +412,28 @@ def test_shards_brace_ranges_pipes_and_fewer_shards_than_readers(tmp_path):
     assert [record.caption for record in piped.iter_records()] == ["tar 4", "tar 5", "tar 6", "tar 7", "tar 8"]
     args = DataArguments(train_file=[str(tmp_path / "s-{0..1}.tar")])  # the format guessed from the range
     assert len(list(build_dataset(args, synthetic_tokenizer(), 32))) == 9
+
+
+def test_streamed_training_data_is_shuffled_anew_each_epoch_and_resumes_inside_a_block(tmp_path):
+    for k in range(3):
+        write_tar(tmp_path / f"s-{k}.tar", 10 * k, 6)
+    source = WebDatasetSource([str(tmp_path / "s-{0..2}.tar")])
+    builder = ExampleBuilder(synthetic_tokenizer(), ImageTransform(32), 8)
+    dataset = StreamingImageTextDataset([source], builder, seed=0, shuffle_block=4)
+    orders = []
+    for epoch in range(2):
+        dataset.epoch = epoch
+        orders.append([example["image_id"] for example in dataset])
+    file_order = [f"s-{k}.tar:sample{10 * k + i:05d}" for k in range(3) for i in range(6)]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(file_order)  # every record once an epoch
+    assert orders[0] != file_order and orders[1] != orders[0]  # shuffled, anew each epoch
+    dataset.epoch = 0
+    state = list(dataset)[6][STREAM_STATE]  # after the 7th record: inside the second block of 4
+    assert state["taken"] == 3 and state["block_start"][1] > 0
+    dataset.start = {"readers": {"0": state}, "first_slot": 0, "num_readers": 1, "shuffle_block": 4}
+    assert [example["image_id"] for example in dataset] == orders[0][7:]
+    unshuffled = StreamingImageTextDataset([source], builder, shuffle_block=0)
+    assert [example["image_id"] for example in unshuffled] == file_order
 
 
 def test_skip_counts_are_unique_records_and_images_with_encounters_apart(tmp_path):

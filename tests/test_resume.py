@@ -48,13 +48,13 @@ def _jsonl_data(folder) -> list[str]:
 def _tar_data(folder) -> list[str]:
     """Three shards of 9, 8 and 7 samples (one with an unreadable image), read by 2 data-loader workers (4 and 2
     batches an epoch: their order matters on resume); ITC hard negatives (drawn by the model from the process's
-    random state)."""
+    random state); shards in a new order each epoch, records shuffled in blocks of 3."""
     folder.mkdir(parents=True)
     for number, (start, count) in enumerate(((0, 9), (9, 8), (17, 7))):
         extra = {"sample09999.png": b"not an image", "sample09999.txt": b"broken"} if number == 1 else None
         write_tar(folder / f"shard-{number}.tar", start, count, extra=extra, caption_of=_caption)
     return ["--train_file", str(folder / "shard-{0..2}.tar"), "--objectives", "mlm,itm,itc",
-            "--dataloader_num_workers", "2"]  # fmt: skip
+            "--stream_shuffle_block", "3", "--dataloader_num_workers", "2"]  # fmt: skip
 
 
 def _flags(tmp_path, data_flags, output_dir) -> list[str]:
@@ -112,9 +112,9 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path, data, moment):
     killed = tmp_path / "killed"
     left = _kill_during(_flags(tmp_path, data_flags, killed), killed, moment)
     assert left and f"checkpoint-{MAX_STEPS}" not in left, left  # killed before the end
-    if data is _tar_data:  # checkpoint-3 (3 batches of 4): both readers stand inside a shard, past its start
+    if data is _tar_data:  # checkpoint-3 (3 batches of 4): both readers resume inside a shard, past its start
         (state,) = [json.loads(p.read_text()) for p in (killed / "checkpoint-3").glob("data_state.rank*.json")]
-        assert sorted(r["within"][1] > 0 for r in state["readers"].values()) == [True, True], state
+        assert sorted(r["block_start"][1] > 0 for r in state["readers"].values()) == [True, True], state
     main(_flags(tmp_path, data_flags, killed))  # the same command: resumes from the newest checkpoint
     resumed_step, resumed_weights, resumed_skips = _final(killed)
     assert resumed_step == step and resumed_skips == skips

@@ -56,6 +56,13 @@ class DataArguments:
         default=None, metadata={"help": "Split for evaluation (default: 'val' in Karpathy files, else 'validation')."}
     )
     streaming: bool = field(default=False, metadata={"help": "Stream records instead of random access."})
+    stream_shuffle_block: int = field(
+        default=1000,
+        metadata={
+            "help": "Streamed training data: shards in a new order each epoch and records shuffled in blocks of this "
+            "many (0: file order). Evaluation streams in file order."
+        },
+    )
     max_seq_length: int = field(default=50, metadata={"help": "Every caption is padded / truncated to this."})
     image_size: int | None = field(default=None, metadata={"help": "Image side; default: the model's."})
     image_transform: str = field(
@@ -212,5 +219,8 @@ def build_dataset(
     streaming = args.streaming or any(not isinstance(s, MapSource) for s in sources)
     check_readable(sources, builder)
     if streaming:
-        return StreamingImageTextDataset(sources, builder, skip_log, negatives, rank, world_size, seed=seed)
+        shuffle_block = args.stream_shuffle_block if train else 0
+        return StreamingImageTextDataset(
+            sources, builder, skip_log, negatives, rank, world_size, seed=seed, shuffle_block=shuffle_block
+        )
     return ImageTextDataset(sources, builder, skip_log, negatives, seed=seed)

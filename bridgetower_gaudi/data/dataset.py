@@ -225,19 +225,41 @@ def distributed_position(rank: int | None = None, world_size: int | None = None)
 STREAM_STATE = "stream_state"  # in a streamed example and batch: where its reader resumes after it
 
 
+def shuffle_blocks(records, size: int, block_seed, start, first_block: int = 0, taken: int = 0):
+    """A stream's shuffle: blocks of `size` consecutive records (item, position after it), each put in a random order
+    seeded by `block_seed(block number)`; yields (item, where the stream resumes after it). A resume re-reads the
+    current block from its start (`start`: the block's first position) without decoding it, and drops the `taken`
+    records it had already given. Unlike a rolling shuffle buffer, whose contents would have to be saved in each
+    checkpoint, a block is found again from one position. `size` 0 or 1: the stream's own order."""
+    number, size = first_block, max(1, size)
+    while True:
+        block = list(itertools.islice(records, size))
+        if not block:
+            return
+        order = list(range(len(block)))
+        if size > 1:
+            random.Random(block_seed(number)).shuffle(order)
+        for place, index in enumerate(order, start=1):
+            if place > taken:
+                yield block[index][0], {"block_start": start, "block": number, "taken": place}
+        start, number, taken = block[-1][1], number + 1, 0
+
+
 class StreamingImageTextDataset(IterableDataset):
-    """Iterable dataset over streaming sources (each with `iter_positions(shard, num_shards, start)`).
+    """Iterable dataset over streaming sources (each with `iter_positions(shard, num_shards, start, order_seed)`).
 
     Reader k of K = world_size * num_workers (k = rank * num_workers + worker slot) reads shard k of every source,
-    so each record is read exactly once per epoch across workers and ranks. With `itm_negatives="dataset"` the
-    negative image comes from a small reservoir of recently read images.
+    so each record is read exactly once per epoch across workers and ranks. With `shuffle_block` > 1 (training) the
+    shards come in a new order each epoch (`order_seed`) and records in shuffled blocks of that many (see
+    shuffle_blocks); evaluation reads in file order. With `itm_negatives="dataset"` the negative image comes from a
+    small reservoir of recently read images.
 
-    Every example carries its reader's position after it (STREAM_STATE: epoch, source, the source's own position,
-    records read) and draws its randomness from `draw_seed(seed, epoch, reader/count)`. StreamingLoader keeps the
-    position of each reader's last consumed batch; a resumed run sets `start` and every reader continues from there
-    (a tar shard from the byte where its next sample starts), worker slots rotated so that the batches come in the
-    same order. Not restored: the data-set-negative reservoir, which refills from the resume point (exact resume
-    of a stream needs in_batch or itc_hard negatives)."""
+    Every example carries its reader's position after it (STREAM_STATE: epoch, source, its block's start in the
+    source, records of the block taken, records read) and draws its randomness from `draw_seed(seed, epoch,
+    reader/count)`. StreamingLoader keeps the position of each reader's last consumed batch; a resumed run sets
+    `start` and every reader continues from there (a tar shard from the byte where its block starts), worker slots
+    rotated so that the batches come in the same order. Not restored: the data-set-negative reservoir, which refills
+    from the resume point (exact resume of a stream needs in_batch or itc_hard negatives)."""
 
     def __init__(
         self,
@@ -249,11 +271,12 @@ class StreamingImageTextDataset(IterableDataset):
         world_size: int | None = None,
         reservoir_size: int = 64,
         seed: int = 0,
+        shuffle_block: int = 0,
     ):
         self.sources, self.builder = list(sources), builder
         self.skip_log = skip_log or SkipLog()
         self.itm_negatives, self.rank, self.world_size = itm_negatives, rank, world_size
-        self.reservoir_size, self.seed = reservoir_size, seed
+        self.reservoir_size, self.seed, self.shuffle_block = reservoir_size, seed, shuffle_block
         self.epoch = 0
         self.start: dict | None = None  # {"readers": {k: position}, "first_slot": s, "num_readers": K}: one epoch
 
@@ -264,21 +287,28 @@ class StreamingImageTextDataset(IterableDataset):
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         start = self.start or {}
         num_readers = world_size * num_workers
-        if start and start["num_readers"] != num_readers:
+        if start and (start["num_readers"], start["shuffle_block"]) != (num_readers, self.shuffle_block):
             raise DataConfigError(
                 f"the checkpoint's streaming position was saved with {start['num_readers']} readers (processes x "
-                f"data-loader workers); this run has {num_readers}: resume with the same number of processes and "
-                "--dataloader_num_workers."
+                f"data-loader workers) and --stream_shuffle_block {start['shuffle_block']}; this run has "
+                f"{num_readers} and {self.shuffle_block}: resume with the same number of processes, "
+                "--dataloader_num_workers and --stream_shuffle_block."
             )
         reader = rank * num_workers + (worker_id + start.get("first_slot", 0)) % num_workers
         return self._read(reader, num_readers, start.get("readers", {}).get(str(reader)), self.epoch)
 
     def _read(self, reader: int, num_readers: int, position: dict | None, epoch: int):
-        first, within, count = (position["source"], position["within"], position["count"]) if position else (0, None, 0)
+        first, count = (position["source"], position["count"]) if position else (0, 0)
         reservoir: list[tuple[str, torch.Tensor]] = []
+        shuffled = self.shuffle_block > 1
         for number in range(first, len(self.sources)):
-            records = self.sources[number].iter_positions(reader, num_readers, within if number == first else None)
-            for item, after in records:
+            resume = position if position and number == first else {"block_start": None, "block": 0, "taken": 0}
+            order_seed = draw_seed(self.seed, epoch, f"order/{number}") if shuffled else None
+            records = self.sources[number].iter_positions(reader, num_readers, resume["block_start"], order_seed)
+            block_seed = lambda block, number=number: draw_seed(self.seed, epoch, f"block/{number}/{reader}/{block}")
+            blocks = shuffle_blocks(records, self.shuffle_block, block_seed, resume["block_start"], resume["block"],
+                                    resume["taken"])  # fmt: skip
+            for item, place in blocks:
                 count += 1
                 at = f"{epoch}/{reader}/{count}"
                 if isinstance(item, BadRecord):
@@ -299,8 +329,7 @@ class StreamingImageTextDataset(IterableDataset):
                     reservoir.append((example["image_id"], example["pixel_values"]))
                     del reservoir[: -self.reservoir_size]
                 example["draw_seed"] = seed
-                example[STREAM_STATE] = {"reader": reader, "epoch": epoch, "source": number, "within": after,
-                                         "count": count}  # fmt: skip
+                example[STREAM_STATE] = {"reader": reader, "epoch": epoch, "source": number, "count": count, **place}
                 yield example
 
 
@@ -338,12 +367,13 @@ class StreamingLoader:
     def state(self) -> dict:
         rank, world_size = distributed_position(self.dataset.rank, self.dataset.world_size)
         return {"epoch": self.epoch, "readers": dict(self.readers), "next_slot": self.next_slot,
-                "num_readers": world_size * self.workers}  # fmt: skip
+                "num_readers": world_size * self.workers, "shuffle_block": self.dataset.shuffle_block}  # fmt: skip
 
     def resume(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.readers, self.next_slot = dict(state["readers"]), state["next_slot"]
-        self._start = {"readers": self.readers, "first_slot": self.next_slot, "num_readers": state["num_readers"]}
+        self._start = {"readers": self.readers, "first_slot": self.next_slot, "num_readers": state["num_readers"],
+                       "shuffle_block": state["shuffle_block"]}  # fmt: skip
 
     def _all_have_a_batch(self, have: bool) -> bool:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import random
 import tarfile
 from collections.abc import Iterator
 
@@ -40,9 +41,10 @@ class MapSource:
     def iter_records(self, shard: int = 0, num_shards: int = 1) -> Iterator[RawRecord | BadRecord]:
         return (item for item, _ in self.iter_positions(shard, num_shards))
 
-    def iter_positions(self, shard: int = 0, num_shards: int = 1, start=None):
+    def iter_positions(self, shard: int = 0, num_shards: int = 1, start=None, order_seed=None):
         """(record or BadRecord, the position after it: the next index to read) for shard `shard` of `num_shards`,
-        from position `start` (a position this gave before) or the beginning."""
+        from position `start` (a position this gave before) or the beginning. (`order_seed`: a tar source's shard
+        order; records here are shuffled by the streaming dataset's blocks.)"""
         for index in range(shard if start is None else start, len(self), num_shards):
             try:
                 yield self[index], index + num_shards
@@ -265,7 +267,7 @@ class _Tail:
     def read(self, size=-1):
         data = self.stream.read(size)
         self.count += len(data)
-        self.last = (self.last + data)[-1024:]
+        self.last = data[-1024:] if len(data) >= 1024 else (self.last + data)[-1024:]  # no copy of large reads
         return data
 
     def drain(self) -> None:
@@ -296,21 +298,25 @@ class WebDatasetSource:
         self.paths = sorted(shards)
         self.name = os.path.basename(self.paths[0]) + (f"+{len(self.paths) - 1}" if len(self.paths) > 1 else "")
 
-    def plan(self, reader: int, num_readers: int) -> list[tuple[str, int, int]]:
-        """(shard, every, phase) for one reader: it takes the samples n of the shard with n % every == phase."""
-        count = len(self.paths)
+    def plan(self, reader: int, num_readers: int, order_seed: int | None = None) -> list[tuple[str, int, int]]:
+        """(shard, every, phase) for one reader: it takes the samples n of the shard with n % every == phase. With
+        `order_seed` the shards are dealt out in that seed's order (a new one each epoch), else in name order."""
+        paths = list(self.paths)
+        if order_seed is not None:
+            random.Random(order_seed).shuffle(paths)
+        count = len(paths)
         if count >= num_readers:
-            return [(path, 1, 0) for path in self.paths[reader::num_readers]]
+            return [(path, 1, 0) for path in paths[reader::num_readers]]
         sharing = len(range(reader % count, num_readers, count))
-        return [(self.paths[reader % count], sharing, reader // count)]
+        return [(paths[reader % count], sharing, reader // count)]
 
     def iter_records(self, shard: int = 0, num_shards: int = 1) -> Iterator[RawRecord | BadRecord]:
         return (item for item, _ in self.iter_positions(shard, num_shards))
 
-    def iter_positions(self, shard: int = 0, num_shards: int = 1, start=None):
+    def iter_positions(self, shard: int = 0, num_shards: int = 1, start=None, order_seed=None):
         """(record or BadRecord, position after it); a position is [shard in the plan, byte offset of the next
         sample, samples of that shard seen]: a resume seeks there (local files; a pipe or URL is read up to it)."""
-        plan = self.plan(shard, num_shards)
+        plan = self.plan(shard, num_shards, order_seed)
         first, offset, seen = start if start is not None else (0, 0, 0)
         for number in range(first, len(plan)):
             path, every, phase = plan[number]

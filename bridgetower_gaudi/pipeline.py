@@ -306,7 +306,7 @@ class BridgeTowerPipeline:
         for image in images:
             name = image if isinstance(image, (str, os.PathLike)) else "image"
             try:
-                decoded.append(self.transform(decode_image(image, str(name))))
+                decoded.append(self.transform(decode_image(image, str(name), self.transform.draft_size)))
             except BadRecord as error:
                 raise PipelineError(f"cannot read image {name!s}: {error}") from None
         return torch.stack(decoded)
@@ -525,7 +525,8 @@ class BridgeTowerPipeline:
     # --- the image-state cache --------------------------------------------------------------------------------
     def cache_path(self, image_dir: str, cache_dir: str | None = None) -> str:
         dtype = "bf16" if self.bf16 else "fp32"
-        key = checkpoint_key(self.model_dir, self.image_size, self.transform.mode, dtype)
+        # "+draft": JPEGs decoded in draft mode (decode_image); caches of full decodes are not mixed in.
+        key = checkpoint_key(self.model_dir, self.image_size, f"{self.transform.mode}+draft", dtype)
         return os.path.join(cache_dir or os.path.join(image_dir, CACHE_DIR_NAME), key)
 
     def _folder_states(self, image_dir: str, cache_dir: str | None, progress: bool):
@@ -556,7 +557,9 @@ class BridgeTowerPipeline:
             pixels, names = [], []
             for path in todo[start : start + self.batch_size]:
                 try:
-                    pixels.append(self.transform(decode_image(os.path.join(image_dir, path), path)))
+                    pixels.append(
+                        self.transform(decode_image(os.path.join(image_dir, path), path, self.transform.draft_size))
+                    )
                     names.append(path)
                 except BadRecord as error:
                     skipped.append({"path": path, "reason": error.reason, "stamp": stamps[path]})

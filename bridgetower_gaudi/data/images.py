@@ -18,8 +18,14 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def decode_image(image, name: str) -> Image.Image:
-    """bytes / path / PIL image -> fully loaded RGB PIL image; BadRecord when it cannot be used."""
+def decode_image(image, name: str, draft_size: int | None = None) -> Image.Image:
+    """bytes / path / PIL image -> fully loaded RGB PIL image; BadRecord when it cannot be used.
+
+    `draft_size` (a transform's `draft_size`): a JPEG is decoded at the smallest of 1/8, 1/4, 1/2 or full scale whose
+    sides are both at least that (libjpeg scales in the DCT, Pillow's draft mode), which the resize then brings to the
+    final size. Decode + transform at 288 px measured 1.6-1.8x faster for 1280 x 960 photos and 2.4x for 2048 x 1536;
+    COCO-sized 640 x 480 ones decode at full scale, unchanged. Pixels differ from a full decode by under 1/255 on
+    average and 8/255 at most (tests/test_image_draft.py)."""
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, (str, os.PathLike)):
@@ -39,6 +45,8 @@ def decode_image(image, name: str) -> Image.Image:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
     try:
         with Image.open(source) as opened:
+            if draft_size is not None and opened.format == "JPEG":
+                opened.draft("RGB", (draft_size, draft_size))
             opened.load()
             return to_rgb(opened)
     except OSError as error:
@@ -194,6 +202,9 @@ class ImageTransform:
                 f"image transform {mode!r}: choose one of {sorted(TRANSFORMS)} (or {sorted(TRANSFORM_ALIASES)})."
             )
         self.image_size, self.mode = image_size, name
+        # What decode_image may reduce a JPEG to: the resize of clip / blip needs both sides >= image_size; the random
+        # crops of the training transforms can take a small area of the image and enlarge it, so they get every pixel.
+        self.draft_size = image_size if name in ("clip", "blip") else None
         # Without a seed the global `random` is used: DataLoader reseeds it in every worker.
         self.rng = random.Random(seed) if seed is not None else random
 

@@ -45,16 +45,26 @@ def _jsonl_data(folder) -> list[str]:
             "--objectives", "mlm,itm,itc", "--dataloader_num_workers", "2"]  # fmt: skip
 
 
-def _tar_data(folder) -> list[str]:
+def _tar_shards(folder) -> list[str]:
     """Three shards of 9, 8 and 7 samples (one with an unreadable image), read by 2 data-loader workers (4 and 2
-    batches an epoch: their order matters on resume); ITC hard negatives (drawn by the model from the process's
-    random state); shards in a new order each epoch, records shuffled in blocks of 3."""
+    batches an epoch: their order matters on resume); shards in a new order each epoch, records shuffled in blocks
+    of 3."""
     folder.mkdir(parents=True)
     for number, (start, count) in enumerate(((0, 9), (9, 8), (17, 7))):
         extra = {"sample09999.png": b"not an image", "sample09999.txt": b"broken"} if number == 1 else None
         write_tar(folder / f"shard-{number}.tar", start, count, extra=extra, caption_of=_caption)
-    return ["--train_file", str(folder / "shard-{0..2}.tar"), "--objectives", "mlm,itm,itc",
-            "--stream_shuffle_block", "3", "--dataloader_num_workers", "2"]  # fmt: skip
+    return ["--train_file", str(folder / "shard-{0..2}.tar"), "--stream_shuffle_block", "3",
+            "--dataloader_num_workers", "2"]  # fmt: skip
+
+
+def _tar_data(folder) -> list[str]:
+    """ITC hard negatives: drawn by the model from the process's random state."""
+    return [*_tar_shards(folder), "--objectives", "mlm,itm,itc"]
+
+
+def _tar_data_with_dataset_negatives(folder) -> list[str]:
+    """ITM negatives drawn from the data set (a random other record of the reader's current shuffle block)."""
+    return [*_tar_shards(folder), "--itm_negatives", "dataset"]
 
 
 def _flags(tmp_path, data_flags, output_dir) -> list[str]:
@@ -101,7 +111,11 @@ def _final(output_dir) -> tuple[int, dict, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data, moment", [(_jsonl_data, "step"), (_tar_data, "save")], ids=["map-style", "tar"])
+@pytest.mark.parametrize(
+    "data, moment",
+    [(_jsonl_data, "step"), (_tar_data, "save"), (_tar_data_with_dataset_negatives, "step")],
+    ids=["map-style", "tar", "tar-dataset-negatives"],
+)
 def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path, data, moment):
     data_flags = data(tmp_path / "data")
     results = main(_flags(tmp_path, data_flags, tmp_path / "whole"))  # "auto" without a checkpoint: a fresh start
@@ -112,7 +126,7 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path, data, moment):
     killed = tmp_path / "killed"
     left = _kill_during(_flags(tmp_path, data_flags, killed), killed, moment)
     assert left and f"checkpoint-{MAX_STEPS}" not in left, left  # killed before the end
-    if data is _tar_data:  # checkpoint-3 (3 batches of 4): both readers resume inside a shard, past its start
+    if data is not _jsonl_data:  # checkpoint-3 (3 batches of 4): both readers resume inside a shard, past its start
         (state,) = [json.loads(p.read_text()) for p in (killed / "checkpoint-3").glob("data_state.rank*.json")]
         assert sorted(r["block_start"][1] > 0 for r in state["readers"].values()) == [True, True], state
     main(_flags(tmp_path, data_flags, killed))  # the same command: resumes from the newest checkpoint

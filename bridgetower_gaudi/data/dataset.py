@@ -227,10 +227,10 @@ STREAM_STATE = "stream_state"  # in a streamed example and batch: where its read
 
 def shuffle_blocks(records, size: int, block_seed, start, first_block: int = 0, taken: int = 0):
     """A stream's shuffle: blocks of `size` consecutive records (item, position after it), each put in a random order
-    seeded by `block_seed(block number)`; yields (item, where the stream resumes after it). A resume re-reads the
-    current block from its start (`start`: the block's first position) without decoding it, and drops the `taken`
-    records it had already given. Unlike a rolling shuffle buffer, whose contents would have to be saved in each
-    checkpoint, a block is found again from one position. `size` 0 or 1: the stream's own order."""
+    seeded by `block_seed(block number)`; yields (item, where the stream resumes after it, the block). A resume
+    re-reads the current block from its start (`start`: the block's first position) without decoding it, and drops
+    the `taken` records it had already given. Unlike a rolling shuffle buffer, whose contents would have to be saved
+    in each checkpoint, a block is found again from one position. `size` 0 or 1: the stream's own order."""
     number, size = first_block, max(1, size)
     while True:
         block = list(itertools.islice(records, size))
@@ -241,7 +241,7 @@ def shuffle_blocks(records, size: int, block_seed, start, first_block: int = 0, 
             random.Random(block_seed(number)).shuffle(order)
         for place, index in enumerate(order, start=1):
             if place > taken:
-                yield block[index][0], {"block_start": start, "block": number, "taken": place}
+                yield block[index][0], {"block_start": start, "block": number, "taken": place}, block
         start, number, taken = block[-1][1], number + 1, 0
 
 
@@ -251,15 +251,14 @@ class StreamingImageTextDataset(IterableDataset):
     Reader k of K = world_size * num_workers (k = rank * num_workers + worker slot) reads shard k of every source,
     so each record is read exactly once per epoch across workers and ranks. With `shuffle_block` > 1 (training) the
     shards come in a new order each epoch (`order_seed`) and records in shuffled blocks of that many (see
-    shuffle_blocks); evaluation reads in file order. With `itm_negatives="dataset"` the negative image comes from a
-    small reservoir of recently read images.
+    shuffle_blocks); evaluation reads in file order. With `itm_negatives="dataset"` the negative image is a random
+    other record of the current block (decoded for it, as the map-style dataset does): found again on resume.
 
     Every example carries its reader's position after it (STREAM_STATE: epoch, source, its block's start in the
     source, records of the block taken, records read) and draws its randomness from `draw_seed(seed, epoch,
     reader/count)`. StreamingLoader keeps the position of each reader's last consumed batch; a resumed run sets
     `start` and every reader continues from there (a tar shard from the byte where its block starts), worker slots
-    rotated so that the batches come in the same order. Not restored: the data-set-negative reservoir, which refills
-    from the resume point (exact resume of a stream needs in_batch or itc_hard negatives)."""
+    rotated so that the batches come in the same order."""
 
     def __init__(
         self,
@@ -269,14 +268,13 @@ class StreamingImageTextDataset(IterableDataset):
         itm_negatives="in_batch",
         rank: int | None = None,
         world_size: int | None = None,
-        reservoir_size: int = 64,
         seed: int = 0,
         shuffle_block: int = 0,
     ):
         self.sources, self.builder = list(sources), builder
         self.skip_log = skip_log or SkipLog()
         self.itm_negatives, self.rank, self.world_size = itm_negatives, rank, world_size
-        self.reservoir_size, self.seed, self.shuffle_block = reservoir_size, seed, shuffle_block
+        self.seed, self.shuffle_block = seed, shuffle_block
         self.epoch = 0
         self.start: dict | None = None  # {"readers": {k: position}, "first_slot": s, "num_readers": K}: one epoch
 
@@ -299,7 +297,6 @@ class StreamingImageTextDataset(IterableDataset):
 
     def _read(self, reader: int, num_readers: int, position: dict | None, epoch: int):
         first, count = (position["source"], position["count"]) if position else (0, 0)
-        reservoir: list[tuple[str, torch.Tensor]] = []
         shuffled = self.shuffle_block > 1
         for number in range(first, len(self.sources)):
             resume = position if position and number == first else {"block_start": None, "block": 0, "taken": 0}
@@ -308,7 +305,7 @@ class StreamingImageTextDataset(IterableDataset):
             block_seed = lambda block, number=number: draw_seed(self.seed, epoch, f"block/{number}/{reader}/{block}")
             blocks = shuffle_blocks(records, self.shuffle_block, block_seed, resume["block_start"], resume["block"],
                                     resume["taken"])  # fmt: skip
-            for item, place in blocks:
+            for item, place, block in blocks:
                 count += 1
                 at = f"{epoch}/{reader}/{count}"
                 if isinstance(item, BadRecord):
@@ -322,15 +319,23 @@ class StreamingImageTextDataset(IterableDataset):
                     self.skip_log.record(bad, image=item.image_id, at=at)
                     continue
                 if self.itm_negatives == "dataset":
-                    others = [(i, img) for i, img in reservoir if i != example["image_id"]]
-                    # none yet (a reader's first records): the collator then takes another image of the batch
-                    false = rng.choice(others) if others else (example["image_id"], example["pixel_values"])
+                    false = self._other_image(example, block, rng, at)
                     example["false_image_id"], example["false_pixel_values"] = false
-                    reservoir.append((example["image_id"], example["pixel_values"]))
-                    del reservoir[: -self.reservoir_size]
                 example["draw_seed"] = seed
                 example[STREAM_STATE] = {"reader": reader, "epoch": epoch, "source": number, "count": count, **place}
                 yield example
+
+    def _other_image(self, example: dict, block: list, rng: random.Random, at: str) -> tuple[str, torch.Tensor]:
+        """A random other image of the block (its own when ten draws find none readable, or the block has no other
+        image, as in file order: the collator then pairs within the batch)."""
+        others = [item for item, _ in block if isinstance(item, RawRecord) and item.image_id != example["image_id"]]
+        for draw in range(min(10, len(others))):
+            record = rng.choice(others)
+            try:
+                return record.image_id, self.builder.image(record, rng)
+            except BadRecord as bad:
+                self.skip_log.record(bad, image=record.image_id, at=f"{at}/negative{draw}")
+        return example["image_id"], example["pixel_values"]
 
 
 class KeepStreamState:

@@ -35,7 +35,8 @@ def write_jpegs(folder: str, count: int, size=(640, 480)) -> str:
     return path
 
 
-def measure(dataset, collator, workers: int, batch_size: int, batches: int) -> float:
+def loader_rate(dataset, collator, workers: int, batch_size: int, batches: int) -> float:
+    """Examples/s a DataLoader with `workers` workers delivers, worker start-up excluded."""
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -87,7 +88,7 @@ def main(argv=None):
         for name, data_args in sources.items():
             dataset = build_dataset(data_args, tokenizer, args.image_size)
             for workers in args.workers:
-                rate = measure(dataset, collator, workers, args.batch_size, args.batches)
+                rate = loader_rate(dataset, collator, workers, args.batch_size, args.batches)
                 print(
                     f"{name:14s} workers={workers}  {rate:7.1f} images/s  {rate / max(workers, 1):7.1f} images/s/worker"
                 )

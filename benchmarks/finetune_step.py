@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
+import measure  # benchmarks/measure.py: the timing every benchmark script shares
 import torch
 
 from bridgetower_gaudi import PRESETS, preset_config
@@ -67,17 +67,15 @@ def task_case(task: str, preset: str, batch: int, generator) -> tuple[torch.nn.M
 
 def time_steps(model, batch: dict, steps: int, bf16: bool) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    durations = []
-    for step in range(steps + 1):  # the first step (allocations, lazy init) is not timed
-        start = time.perf_counter()
+
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step:
-            durations.append(time.perf_counter() - start)
-    return sum(durations) / len(durations)
+
+    return measure.median(measure.time_steps(step, steps, torch.device("cpu")))
 
 
 def main(argv=None):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
+import measure  # benchmarks/measure.py: the timing every benchmark script shares
 import torch
 
 from bridgetower_gaudi import BridgeTowerForPreTraining, preset_config
@@ -44,16 +44,14 @@ def make_batch(config, batch_size: int, seq_len: int, two_pass: bool, generator:
 
 def time_steps(model, batch, steps: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    durations = []
-    for step in range(steps + 1):  # the first step (allocations, lazy init) is not timed
-        start = time.perf_counter()
+
+    def step():
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step:
-            durations.append(time.perf_counter() - start)
-    return sum(durations) / len(durations)
+
+    return measure.median(measure.time_steps(step, steps, torch.device("cpu")))
 
 
 def main(argv=None):

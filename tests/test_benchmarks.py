@@ -1,0 +1,71 @@
+"""The throughput report (benchmarks/run_benchmarks.py) runs end to end at the tiny preset and writes every file and
+field it promises; the trainer's optimizer is the fused AdamW the report credits it with."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from transformers import TrainingArguments
+
+import bridgetower_gaudi as btg
+from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tiny_report_has_every_file_and_field(tmp_path):
+    command = [sys.executable, os.path.join(REPO, "benchmarks", "run_benchmarks.py"), "--preset", "tiny", "--quick",
+               "--output_dir", str(tmp_path)]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, cwd=REPO, env=environment, capture_output=True, timeout=300)
+
+    (folder,) = tmp_path.iterdir()  # <device>-<date>
+    assert folder.name.startswith("cpu-")
+    for name in ("report.json", "report.md", "throughput.png", "memory.png", "scaling.png"):
+        assert (folder / name).stat().st_size > 0, name
+    report = json.loads((folder / "report.json").read_text())
+    meta = report["meta"]
+    assert meta["device_name"] and meta["versions"]["torch"] == torch.__version__ and "commit" in meta["git"]
+    assert meta["command"].endswith("--preset tiny --quick --output_dir " + str(tmp_path))
+    assert meta["config"]["preset"] == "tiny" and meta["config"]["model"]["vision_config"]["image_size"] == 32
+    assert report["matmul_peak"]["fp32"] > 0 and report["matmul_peak"]["bf16"] > 0
+
+    cases = {(r["case"], r["model"]) for r in report["results"]}
+    assert {("pretrain", "ours (one_pass)"), ("pretrain", "ours (two_pass)")} <= cases
+    assert not any(case == "pretrain" and model == "transformers" for case, model in cases)  # no such class there
+    for case in ("itm_train", "itc_train", "itm_inference", "rerank"):
+        assert {(case, "ours"), (case, "transformers")} <= cases, case
+    for r in report["results"]:
+        assert r["samples_per_second"] > 0 and r["flops_per_step"] > 0 and r["peak_memory_bytes"] > 0, r
+        assert 0 < r["mfu"] and len(r["seconds"]) == meta["config"]["steps"]
+        if r["kind"] == "train":
+            assert r["optimizer"] == "AdamW (fused)"  # ours through our trainer, theirs through Trainer's default
+    assert {c["case"] for c in report["comparisons"]} >= {"pretrain", "itm_train", "itc_train", "rerank"}
+    assert len({r["batch_size"] for r in report["results"] if r["case"].startswith("itm_train")}) > 1  # scaling
+
+    assert report["static_shapes"] and set(report["static_shapes"].values()) == {1}
+    data = report["data_path"]
+    assert data["images_per_second_per_worker"] > 0 and data["workers_needed"] > 0
+    assert "| itm_train | ours |" in (folder / "report.md").read_text()
+
+
+def test_itc_at_large_takes_optimum_habanas_run_bridgetower_shape():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import run_benchmarks
+    finally:
+        sys.path.pop(0)
+    args = run_benchmarks.parse_args(["--task", "itc", "--preset", "large"])
+    assert (args.batch_size, args.seq_len, args.precision, args.tasks) == (48, 128, "bf16", ["itc"])
+    assert run_benchmarks.transformers_config("large").vision_config.image_size == 294
+    assert args.optimum_habana_shape and set(run_benchmarks.OPTIMUM_HABANA_8_CARDS) == {"Gaudi2", "Gaudi3", "A100"}
+    assert run_benchmarks.parse_args(["--preset", "base"]).batch_size == 4  # other runs: the issue's base shape
+
+
+def test_the_trainer_steps_with_fused_adamw_on_cpu(tmp_path):
+    model = btg.BridgeTowerForPreTraining(tiny_config())
+    trainer = BridgeTowerTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True))
+    assert trainer.create_optimizer().defaults["fused"] is True

@@ -59,7 +59,12 @@ class ExampleBuilder:
         return {k: v[0] for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def image(self, record: RawRecord, rng: random.Random | None = None) -> torch.Tensor:
-        return self._transform(decode_image(record.image, record.name), rng)
+        return self._transform(decode_image(record.image, record.name, self.draft_size), rng)
+
+    @property
+    def draft_size(self) -> int | None:
+        """The size JPEGs may be decoded down to for this transform (decode_image's draft mode)."""
+        return getattr(self.transform, "draft_size", None)
 
     def _transform(self, image, rng: random.Random | None):
         """The transform, drawing its random choices from `rng` (the example's own) when given."""
@@ -76,7 +81,7 @@ class ExampleBuilder:
         example["pixel_values"] = self.image(record, rng)
         example["image_id"] = record.image_id
         for number, (image, _) in enumerate(record.extra_images, start=2):
-            decoded = decode_image(image, f"{record.name} (image {number})")
+            decoded = decode_image(image, f"{record.name} (image {number})", self.draft_size)
             example[f"pixel_values_{number}"] = self._transform(decoded, rng)
         if record.example_id is not None:
             example["example_id"] = record.example_id

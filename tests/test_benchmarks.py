@@ -49,6 +49,8 @@ def test_tiny_report_has_every_file_and_field(tmp_path):
     assert report["static_shapes"] and set(report["static_shapes"].values()) == {1}
     data = report["data_path"]
     assert data["images_per_second_per_worker"] > 0 and data["workers_needed"] > 0
+    for rates in data["decode_transform_images_per_second"].values():  # JPEG draft mode, with and without
+        assert rates["full"] > 0 and rates["draft"] > 0
     assert "| itm_train | ours |" in (folder / "report.md").read_text()
 
 

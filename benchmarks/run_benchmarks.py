@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import functools
 import gc
@@ -169,6 +168,7 @@ class Runner:
     peak: float  # FLOP/s of the run's precision
     shapes: measure.ShapeLog = field(default_factory=measure.ShapeLog)
     results: list[Measurement] = field(default_factory=list)
+    memory_method: str = ""  # how peak memory was read (set by the first measured step)
 
     def autocast(self):
         if self.args.precision == "bf16":
@@ -332,29 +332,42 @@ def separate_qkv():
         attention._project = fused
 
 
+@contextlib.contextmanager
+def compiled_parts(model):
+    """The vision and text encoders and each cross-modal layer replaced by their torch.compile wrappers while active
+    (the wrappers share the model's parameters, so the same optimizer steps them and no copy is held)."""
+    bridgetower = model.bridgetower
+    parts = [(bridgetower.vision_model, "encoder"), (bridgetower.text_model, "encoder")]
+    parts += [(layers, str(i)) for layers in (bridgetower.cross_modal_text_layers, bridgetower.cross_modal_image_layers)
+              for i in range(len(layers))]  # fmt: skip
+    if not hasattr(model, "_benchmark_compiled"):  # compiled once, reused by every step
+        model._benchmark_compiled = [torch.compile(getattr(parent, name)) for parent, name in parts]
+    originals = [getattr(parent, name) for parent, name in parts]
+    for (parent, name), compiled in zip(parts, model._benchmark_compiled, strict=True):
+        setattr(parent, name, compiled)
+    try:
+        yield
+    finally:
+        for (parent, name), original in zip(parts, originals, strict=True):
+            setattr(parent, name, original)
+
+
 def lever_variant(lever: str, model, optimizer, runner: Runner, batch: dict):
-    """(model, optimizer, step) of our ITM training step with `lever` flipped: off for the kept ones, on for the
-    others."""
-    model = copy.deepcopy(model)
-    optimizer = our_optimizer(model, runner.folder)
+    """(optimizer, step) of our ITM training step with `lever` flipped: off for the kept ones, on for the others.
+    The same model (and, but for fused_adamw, the same optimizer): nothing large is copied."""
     if lever == "fused_adamw":
         groups = [{**group, "fused": None, "foreach": True} for group in optimizer.param_groups]
         optimizer = torch.optim.AdamW(groups)
-    if lever == "compile":
-        bridgetower = model.bridgetower
-        bridgetower.vision_model.encoder.compile()
-        bridgetower.text_model.encoder.compile()
-        for layer in [*bridgetower.cross_modal_text_layers, *bridgetower.cross_modal_image_layers]:
-            layer.compile()
-    step = runner.train_step(model, batch, optimizer)
-    if lever == "fused_qkv":
-        unfused = step
+    plain = runner.train_step(model, batch, optimizer)
+    switch = {"fused_qkv": separate_qkv, "compile": functools.partial(compiled_parts, model)}.get(lever)
+    if switch is None:
+        return optimizer, plain
 
-        def step():
-            with separate_qkv():
-                unfused()
+    def step():
+        with switch():
+            plain()
 
-    return model, optimizer, step
+    return optimizer, step
 
 
 def run_levers(runner: Runner, config, batch_size: int, seq_len: int, levers: list[str]) -> list[dict]:
@@ -368,16 +381,16 @@ def run_levers(runner: Runner, config, batch_size: int, seq_len: int, levers: li
     rows = []
     for lever in levers:
         kept, description = LEVERS[lever]
-        variant, variant_optimizer, variant_step = lever_variant(lever, ours, optimizer, runner, batch)
+        variant_optimizer, variant_step = lever_variant(lever, ours, optimizer, runner, batch)
         label = f"ours, {lever} {'off' if kept else 'on'}"
         entries = [("ours", ours, runner.train_step(ours, batch, optimizer), optimizer),
-                   (label, variant, variant_step, variant_optimizer)]  # fmt: skip
+                   (label, ours, variant_step, variant_optimizer)]  # fmt: skip
         runner.run(f"lever_{lever}", "train", entries, batch_size, costs=False)
         default, flipped = (measure.median(r.seconds) for r in runner.results[-2:])
         with_lever, without = (default, flipped) if kept else (flipped, default)
         rows.append({"lever": lever, "kept": kept, "description": description, "seconds_with": with_lever,
                      "seconds_without": without, "speedup": without / with_lever})  # fmt: skip
-        del variant, variant_optimizer, variant_step
+        del variant_optimizer, variant_step
         gc.collect()
     return rows
 
@@ -408,7 +421,7 @@ def data_path(image_size: int, images_count: int, batches: int) -> dict:
         for size in ((640, 480), (1280, 960)):
             name = f"{size[0]}x{size[1]}"
             os.makedirs(os.path.join(folder, name))
-            data_loading.write_jpegs(os.path.join(folder, name), min(images_count, 32), size)
+            data_loading.write_jpegs(os.path.join(folder, name), min(images_count // 4, 32), size)
             paths = [
                 os.path.join(folder, name, f)
                 for f in sorted(os.listdir(os.path.join(folder, name)))
@@ -636,7 +649,6 @@ def main(argv=None) -> str:
           f"{args.seq_len} tokens, {args.precision}", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         runner = Runner(args, device, folder, peaks[args.precision])
-        runner.memory_method = ""
         if "pretrain" in args.tasks:
             run_pretrain(runner, config, args.batch_size, args.seq_len)
         for task in ("itm", "itc"):

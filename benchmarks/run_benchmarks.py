@@ -310,26 +310,9 @@ def run_inference(runner: Runner, config, batch_size: int, seq_len: int, tasks: 
 # --- levers: what each speed-up we tried is worth, measured on our ITM training step ----------------------------
 LEVERS = {
     "fused_adamw": (True, "fused AdamW (our trainer's default on CPU and CUDA) against foreach AdamW"),
-    "fused_qkv": (True, "one matmul for the q / k / v projections of the cross-modal layers against three"),
     "compile": (False, "torch.compile (inductor) of the vision and text encoders and each cross-modal layer, against "
                 "eager; compile time (minutes on CPU) not counted"),
 }  # fmt: skip
-
-
-@contextlib.contextmanager
-def separate_qkv():
-    """The cross-modal q / k / v projections as three matmuls (what fused_qkv replaced), while active."""
-    attention = btg.modeling.layers.CrossModalSelfAttention
-    fused = attention._project
-
-    def separate(self, hidden_states, context):
-        return self.query(hidden_states), self.key(context), self.value(context)
-
-    attention._project = separate
-    try:
-        yield
-    finally:
-        attention._project = fused
 
 
 @contextlib.contextmanager
@@ -359,12 +342,11 @@ def lever_variant(lever: str, model, optimizer, runner: Runner, batch: dict):
         groups = [{**group, "fused": None, "foreach": True} for group in optimizer.param_groups]
         optimizer = torch.optim.AdamW(groups)
     plain = runner.train_step(model, batch, optimizer)
-    switch = {"fused_qkv": separate_qkv, "compile": functools.partial(compiled_parts, model)}.get(lever)
-    if switch is None:
+    if lever != "compile":
         return optimizer, plain
 
     def step():
-        with switch():
+        with compiled_parts(model):
             plain()
 
     return optimizer, step

@@ -102,6 +102,6 @@ def test_grids_and_bad_flags():
     # The default: the harder synthetic task on the tiny preset with 3 cross-modal layers; user flags come last.
     args = ablation.parse_args(["--grid", "bridge_type", "--max_steps", "7"])
     assert args.run_flags[-2:] == ["--max_steps", "7"] and "relations" in args.run_flags
-    assert args.config_overrides == {"num_hidden_layers": 3}
+    assert args.config_overrides == {"num_hidden_layers": 3, "initializer_factor": 2.5}
     args = ablation.parse_args(["--grid", "backbones", "--values", "/m/vit+/m/bert"])  # the pairs are the model
     assert "--config_name" not in args.run_flags and args.config_overrides == {}

@@ -206,8 +206,11 @@ def test_the_default_step_is_the_official_two_pass_one_with_data_set_negatives(t
     assert batch["itm_pixel_values"].shape == batch["pixel_values"].shape  # every ITM image encoded again
     positives = batch["itm_labels"] == 1
     assert torch.equal(batch["itm_pixel_values"][positives], batch["pixel_values"][positives])
+    # A negative is another record's image drawn from the whole data set (the official draw_false_image): never the
+    # row's own image; it may be another row's, as in the official loader.
     negatives = ~positives
-    assert not any(torch.equal(n, p) for n in batch["itm_pixel_values"][negatives] for p in batch["pixel_values"])
+    for negative, own in zip(batch["itm_pixel_values"][negatives], batch["pixel_values"][negatives], strict=True):
+        assert not torch.equal(negative, own)
     assert trainer.args.max_grad_norm == 0 and trainer.args.adam_epsilon == 1e-8 and trainer.args.adam_beta2 == 0.98
 
 

@@ -135,3 +135,21 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path, data, moment):
     assert sorted(resumed_weights) == sorted(weights)
     different = [name for name in weights if not resumed_weights[name].equal(weights[name])]
     assert different == [], different[:5]
+
+
+def test_map_style_training_items_know_their_epoch_through_the_trainers_loader(tmp_path):
+    """The trainer's loader (accelerate's) passes the epoch to EpochSampler: items are asked for as epoch * size +
+    index, so each epoch draws anew (augmentation, negatives, masking) and a resumed epoch draws the same."""
+    from bridgetower_gaudi.training.pretrain import build_trainer, parse_args
+
+    flags = _flags(tmp_path, _jsonl_data(tmp_path / "data"), tmp_path / "out")
+    trainer = build_trainer(*parse_args([*flags, "--dataloader_num_workers", "0"]))
+    size = len(trainer.train_dataset)
+    loader = trainer.get_train_dataloader()
+    first = next(iter(loader.batch_sampler))
+    loader.set_epoch(3)
+    third = next(iter(loader.batch_sampler))
+    assert all(0 <= p < size for p in first) and all(3 * size <= p < 4 * size for p in third)
+    assert [p % size for p in first] != [p % size for p in third]  # a new order too
+    limited = trainer.train_dataset.first(6)  # --max_train_samples 6: still by epoch and index
+    assert len(limited) == 6 and limited[2 * 6 + 1]["draw_seed"] != limited[1]["draw_seed"]

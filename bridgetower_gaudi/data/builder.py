@@ -60,7 +60,7 @@ class DataArguments:
         default=1000,
         metadata={
             "help": "Streamed training data: shards in a new order each epoch and records shuffled in blocks of this "
-            "many (0: file order). Evaluation streams in file order."
+            "many, held as raw bytes by each reader (0: file order). Evaluation streams in file order."
         },
     )
     max_seq_length: int = field(default=50, metadata={"help": "Every caption is padded / truncated to this."})

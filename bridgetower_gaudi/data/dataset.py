@@ -8,6 +8,7 @@ data-loader workers itself, so that no record is read twice in an epoch.
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import itertools
 import logging
@@ -115,6 +116,7 @@ class ImageTextDataset(Dataset):
         self.sources, self.builder = list(sources), builder
         self.skip_log = skip_log or SkipLog()
         self.itm_negatives, self.seed = itm_negatives, seed
+        self.limit: int | None = None  # first(n): only the first n records
         self.offsets = [0]
         for source in self.sources:
             self.offsets.append(self.offsets[-1] + len(source))
@@ -123,7 +125,14 @@ class ImageTextDataset(Dataset):
             raise DataConfigError(f"no records in {names}: {self.skip_log.report()}.")
 
     def __len__(self) -> int:
-        return self.offsets[-1]
+        return self.offsets[-1] if self.limit is None else min(self.limit, self.offsets[-1])
+
+    def first(self, count: int) -> ImageTextDataset:
+        """The same dataset over its first `count` records only (`--max_train_samples`): unlike a Subset, still
+        asked for by epoch and index (EpochSampler), and replacements and negatives come from those records too."""
+        limited = copy.copy(self)
+        limited.limit = count
+        return limited
 
     def record(self, index: int) -> RawRecord:
         number = bisect.bisect_right(self.offsets, index) - 1
@@ -281,7 +290,7 @@ class StreamingImageTextDataset(IterableDataset):
         self.itm_negatives, self.rank, self.world_size = itm_negatives, rank, world_size
         self.seed, self.shuffle_block = seed, shuffle_block
         self.epoch = 0
-        self.start: dict | None = None  # {"readers": {k: position}, "first_slot": s, "num_readers": K}: one epoch
+        self.start: dict | None = None  # where a resumed epoch starts: StreamingLoader.resume
 
     def __iter__(self):
         # Not a generator itself: the position is read now, when the loader starts, not at the first record.

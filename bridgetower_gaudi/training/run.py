@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..data import DataArguments, SkipLog, synthetic_tokenizer
+from ..data import DataArguments, ImageTextDataset, SkipLog, synthetic_tokenizer
 from ..device import (
     DEFAULT_GAUDI_CONFIG,
     GAUDI_ATTENTION,
@@ -340,7 +340,10 @@ def limit_samples(trainer, args) -> None:
             continue
         if isinstance(dataset, torch.utils.data.IterableDataset):
             raise ValueError(f"{flag} needs a random-access data set: drop --streaming (tar shards always stream).")
-        setattr(trainer, attribute, torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))))
+        if isinstance(dataset, ImageTextDataset):  # still asked for by epoch and index: new draws each epoch
+            setattr(trainer, attribute, dataset.first(limit))
+        else:
+            setattr(trainer, attribute, torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))))
 
 
 def _flat(summary: dict) -> dict:

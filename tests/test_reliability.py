@@ -288,6 +288,14 @@ def test_truncated_incomplete_and_foreign_checkpoints_are_refused_naming_the_fil
     with pytest.raises(ValueError, match=f"cannot load {weights}"):  # Trainer's resume path names it too
         checkpoint_conversion.load_transformers_layout_state_dict(str(cut))
 
+    # The other states a resume reads (optimizer, scheduler, RNG, trainer / data-reader state) are checked too.
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        damaged = tmp_path / f"cut-{name}"
+        shutil.copytree(checkpoint, damaged)
+        state = damaged / name
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        _refused(tmp_path, "--resume_from_checkpoint", str(damaged), match=f"{state} is truncated or damaged")
+
     incomplete = tmp_path / "incomplete"
     shutil.copytree(checkpoint, incomplete)
     (incomplete / "trainer_state.json").unlink()

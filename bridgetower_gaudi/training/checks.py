@@ -9,6 +9,7 @@ import json
 import os
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 
 from ..data import DataArguments
@@ -316,4 +317,25 @@ def checkpoint_problems(model_args: ModelArguments, args) -> list[str]:
             f"--resume_from_checkpoint {resume} has no trainer_state.json: it is not a complete checkpoint (a save "
             "that was cut short?); resume from an earlier checkpoint-N."
         )
-    return problems + weights_problems(resume, "--resume_from_checkpoint")
+    return problems + weights_problems(resume, "--resume_from_checkpoint") + training_state_problems(resume)
+
+
+def training_state_problems(checkpoint: str) -> list[str]:
+    """The rest of a checkpoint the resume reads is whole: optimizer / scheduler / RNG states (torch's zip format keeps
+    its directory at the end, so a cut file fails to open, cheaply) and the JSON states (trainer, data readers)."""
+    problems = []
+    for name in sorted(os.listdir(checkpoint)):
+        path = os.path.join(checkpoint, name)
+        try:
+            if name.endswith((".pt", ".pth")):
+                with zipfile.ZipFile(path):
+                    pass
+            elif name == "trainer_state.json" or (name.startswith("data_state.") and name.endswith(".json")):
+                with open(path) as f:
+                    json.load(f)
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            problems.append(
+                f"--resume_from_checkpoint: {path} is truncated or damaged ({error}): the save or copy was cut short; "
+                "copy it again or resume from an earlier checkpoint-N."
+            )
+    return problems

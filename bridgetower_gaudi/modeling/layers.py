@@ -51,10 +51,7 @@ class CrossModalSelfAttention(nn.Module):
         )
         dropout_p = self.dropout_p if self.training else 0.0
         probs = None
-        # Explicit attention when the weights are asked for (SDPA does not return them), and for dropout on CPU:
-        # CPU's fused SDPA kernel takes no dropout, and its fallback computes in fp32 even under bf16 autocast (this
-        # path keeps autocast's bf16 matmuls with an fp32 softmax, as transformers' eager attention).
-        if output_attentions or (dropout_p > 0 and query.device.type == "cpu"):
+        if output_attentions:  # SDPA does not return the weights; compute them explicitly only when asked
             scores = query @ key.transpose(-1, -2) / self.head_dim**0.5
             if mask is not None:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)

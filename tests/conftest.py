@@ -31,12 +31,13 @@ PRETRAIN_STEPS = 600
 def pretrained_checkpoint(tmp_path_factory) -> str:
     """A tiny BridgeTower pre-trained once per test session on the synthetic shapes (MLM + ITM) with the synthetic
     tokenizer: the inference and fine-tuning tests start from it."""
+    from bridgetower_gaudi.tasks.pretrain import TINY_SYNTHETIC_INITIALIZER_FACTOR as FACTOR
     from bridgetower_gaudi.training.pretrain import main
 
     output_dir = tmp_path_factory.mktemp("pretrained") / "checkpoint"
     main(
-        ["--config_name", "tiny", "--config_overrides", "initializer_factor=2.5", "--dataset_format", "synthetic",
-         "--do_train", "--max_steps", str(PRETRAIN_STEPS),
+        ["--config_name", "tiny", "--config_overrides", f"initializer_factor={FACTOR}", "--dataset_format",
+         "synthetic", "--do_train", "--max_steps", str(PRETRAIN_STEPS),
          "--per_device_train_batch_size", "64", "--max_seq_length", "16", "--synthetic_train_size",
          str(64 * PRETRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
          "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-4", "--dataloader_num_workers", "0",

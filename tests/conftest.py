@@ -22,8 +22,9 @@ TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
 TRANSFORMERS_EPS = dict(cross_modal_layer_norm_eps=1e-5, mlm_head_layer_norm_eps=1e-5)
 
 
-# Batch 64, in-batch negatives, the default run's init (initializer_factor 2.5): ITM is learned by then (measured),
-# MLM colours much earlier. With the official 0.02 init, ITM leaves chance after a seed-dependent 200-600+ steps.
+# Batch 64, in-batch negatives, the tiny synthetic runs' init (initializer_factor 2.5): ITM is learned by then
+# (measured), MLM colours much earlier. With the official 0.02 init, ITM leaves chance after a seed-dependent
+# 200-600+ steps.
 PRETRAIN_STEPS = 600
 
 

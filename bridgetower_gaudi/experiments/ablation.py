@@ -48,7 +48,7 @@ PAPER_BRIDGES = (
 
 # The default run: the tiny preset with 3 cross-modal layers (its towers have 3 layers, so 0-2 bridges and 1-3
 # layers can be compared) on the harder synthetic task, where which object a word describes depends on the other one.
-# The default pre-training run's init (TINY_SYNTHETIC_INITIALIZER_FACTOR): with the official 0.02, ITM was still at
+# The tiny synthetic runs' init (TINY_SYNTHETIC_INITIALIZER_FACTOR): with the official 0.02, ITM was still at
 # chance after the 300 steps (held-out 0.47 / 0.48, seeds 0-1), so every bridge tied; 2.5 gave 0.72.
 DEFAULT_MODEL_FLAGS = ["--config_name", "tiny"]
 DEFAULT_MODEL_OVERRIDES = {"num_hidden_layers": 3, "initializer_factor": TINY_SYNTHETIC_INITIALIZER_FACTOR}

@@ -16,10 +16,10 @@ from .base import Metrics, Task
 
 # The cross-modal layers, link towers and heads of the tests' pre-trained fixture and the ablations' tiny runs at
 # std 0.05 (0.02 x 2.5), the towers at the official 0.02: at width 64 the official 0.02 leaves ITM at chance for a
-# seed-dependent 200-600+ steps (README: "The default run's initialisation"). The ablation tables were measured so.
+# seed-dependent 200-600+ steps. The ablation tables were measured so.
 TINY_SYNTHETIC_INITIALIZER_FACTOR = 2.5
 # The embedded default run goes further, std 0.08 (0.02 x 4), and stops at 600 steps: held-out ITM 0.92-0.99 over
-# seeds 0-4 where std 0.05 and 1,000 steps gave seed 0 0.93 (2026-12-02, README: "The default run's initialisation").
+# seeds 0-4 where std 0.05 and 1,000 steps gave seed 0 0.93 (README: "The default run's initialisation and length").
 DEFAULT_RUN_INITIALIZER_FACTOR = 4.0
 
 # The embedded default run (`python run_scripts/run_pretrain.py` with no flags).

@@ -155,6 +155,16 @@ def test_downstream_annotation_and_vocabulary_files_are_checked(tmp_path):
     assert "--train_annotation_file" in str(error) and "--answer_vocabulary_file" in str(error)
 
 
+@pytest.mark.parametrize("run", [main, finetune.main], ids=["pretrain", "finetune"])
+def test_flags_without_a_step_to_run_are_refused(tmp_path, run):
+    # Any flag replaces the embedded default run, so `--seed 4` alone used to build a model and write only `{}`.
+    output_dir = tmp_path / "out"
+    task = ["--task", "itm"] if run is finetune.main else []
+    with pytest.raises(RunFlagError, match="none of --do_train, --do_eval, --do_predict"):
+        run([*task, "--output_dir", str(output_dir), "--seed", "4", *SHORT])
+    assert not output_dir.exists()
+
+
 # --- output folder -------------------------------------------------------------------------------------------------
 def test_another_runs_checkpoints_are_not_trained_over_unless_asked(tmp_path):
     output_dir = tmp_path / "out"

@@ -42,6 +42,14 @@ def fp16_on_gaudi_problem() -> str:
     return "--fp16 with --use_habana: Gaudi trains in bf16 (no fp16 loss scaling there); pass --bf16 instead."
 
 
+def nothing_to_run_problem() -> str:
+    return (
+        "cannot start: none of --do_train, --do_eval, --do_predict was given, so the run would build the model and "
+        "write nothing. Add the steps you want (the flags replace the embedded default run, which applies only when "
+        "no flag at all is given)."
+    )
+
+
 def precision_problems(args) -> list[str]:
     problems = []
     if getattr(args, "use_habana", False) and args.fp16:

@@ -32,7 +32,7 @@ from ..modeling import PRESETS, BridgeTowerConfig
 from ..modeling.backbones import set_image_size
 from ..tasks.base import Task
 from .arguments import PAPER_OPTIMIZER_FLAGS, BridgeTowerTrainingArguments, ModelArguments, RecipeArguments
-from .checks import RunFlagError, check_run_flags, fp16_on_gaudi_problem
+from .checks import RunFlagError, check_run_flags, fp16_on_gaudi_problem, nothing_to_run_problem
 from .optimization import freeze_towers
 from .trainer import trainer_class
 
@@ -290,6 +290,8 @@ def main(argv: list[str] | None, task, default_args: list[str] | None = None) ->
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = resolve_training_arguments(training_args)
+    if not (args.do_train or args.do_eval or args.do_predict):  # would build the model, then write nothing
+        raise RunFlagError(nothing_to_run_problem())
     apply_example_flags(model_args, task_args, args)
     trainer = build_trainer(task, model_args, data_args, task_args, args)
     limit_samples(trainer, args)

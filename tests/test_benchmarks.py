@@ -1,5 +1,6 @@
 """The throughput report (benchmarks/run_benchmarks.py) runs end to end at the tiny preset and writes every file and
-field it promises; the trainer's optimizer is the fused AdamW the report credits it with."""
+field it promises; the trainer's optimizer is the fused AdamW the report credits it with; the ITM swap probe reads
+a colour-only matcher as one."""
 
 import json
 import os
@@ -71,3 +72,20 @@ def test_the_trainer_steps_with_fused_adamw_on_cpu(tmp_path):
     model = btg.BridgeTowerForPreTraining(tiny_config())
     trainer = BridgeTowerTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True))
     assert trainer.create_optimizer().defaults["fused"] is True
+
+
+def test_swap_probe_reports_a_colour_only_matcher_as_such():
+    """benchmarks/itm_swap_probe.py: a scorer that accepts any image showing the caption's colour accepts every
+    matching pair, rejects every colour swap and no shape or position swap."""
+    import numpy as np
+
+    from benchmarks.itm_swap_probe import swap_probe
+    from bridgetower_gaudi.data.synthetic import COLORS
+
+    class ColourOnly:
+        def score(self, images, texts):
+            colour = np.array(COLORS[texts[0].split()[1]], dtype=np.uint8)
+            shown = [bool((np.asarray(image) == colour).all(axis=-1).any()) for image in images]
+            return [[{"text": texts[0], "itm": float(s)}] for s in shown]
+
+    assert swap_probe(ColourOnly()) == {"match": 1.0, "colour": 1.0, "shape": 0.0, "position": 0.0}

@@ -45,7 +45,7 @@ def swap_probe(pipeline, seed: int = 0, image_size: int = 64) -> dict[str, float
             images.append(image(*swapped))
         own, *swaps = (row[0]["itm"] for row in pipeline.score(images, [text]))
         verdicts["match"].append(own > 0.5)
-        for name, score in zip(ATTRIBUTES, swaps):
+        for name, score in zip(ATTRIBUTES, swaps, strict=True):
             verdicts[name].append(score < 0.5)
     return {name: float(np.mean(values)) for name, values in verdicts.items()}
 

@@ -1,0 +1,104 @@
+"""mkdocs hook: the flag tables of docs/reference/cli.md, read from the source so they never drift from the code.
+
+A page line `<!-- flags: PATH CLASS -->` becomes a table of CLASS's dataclass fields in PATH (flag, type, default,
+help); `<!-- cli-flags: PATH -->` becomes one table per argparse parser of PATH. The source is parsed with `ast`,
+never imported, so the site builds without torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"^<!-- (flags|cli-flags): (\S+)(?: (\w+))? -->$", re.MULTILINE)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _literal(node: ast.expr | None) -> str:
+    if node is None:
+        return ""
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        return f"`{ast.unparse(node)}`"
+    return f"`{value!r}`" if not isinstance(value, str) else f'`"{value}"`'
+
+
+def _help_text(node: ast.expr) -> str:
+    try:
+        return str(ast.literal_eval(node))
+    except ValueError:
+        return ast.unparse(node)
+
+
+def dataclass_table(path: str, class_name: str) -> str:
+    tree = ast.parse((ROOT / path).read_text())
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    if not classes:
+        raise ValueError(f"docs flag table: no class {class_name} in {path}; fix the marker in docs/reference/cli.md")
+    rows = ["| flag | type | default | what |", "| --- | --- | --- | --- |"]
+    for stmt in classes[0].body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        default, help_text = stmt.value, ""
+        if isinstance(stmt.value, ast.Call) and getattr(stmt.value.func, "id", "") == "field":
+            keywords = {k.arg: k.value for k in stmt.value.keywords}
+            default = keywords.get("default")
+            if default is None and "default_factory" in keywords:
+                default = keywords["default_factory"]
+            metadata = keywords.get("metadata")
+            if isinstance(metadata, ast.Dict):
+                for key, value in zip(metadata.keys, metadata.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "help":
+                        help_text = _help_text(value)
+        kind = _cell(ast.unparse(stmt.annotation))
+        rows.append(f"| `--{stmt.target.id}` | `{kind}` | {_cell(_literal(default))} | {_cell(help_text)} |")
+    return "\n".join(rows)
+
+
+def argparse_tables(path: str) -> str:
+    """One table per parser variable that `add_argument` is called on, in source order."""
+    tree = ast.parse((ROOT / path).read_text())
+    parsers: dict[str, list[str]] = {}
+    # `score = commands.add_parser("score", ...)`: the table is headed by the command's name, not the variable's.
+    titles = {"common": "every command"}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "attr", "") == "add_parser"
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            titles[node.targets[0].id] = f"bridgetower-gaudi {node.value.args[0].value}"
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"):
+            continue
+        owner = ast.unparse(node.func.value)
+        names = ", ".join(f"`{a.value}`" for a in node.args if isinstance(a, ast.Constant))
+        keywords = {k.arg: k.value for k in node.keywords}
+        default = _literal(keywords["default"]) if "default" in keywords else ""
+        if "choices" in keywords:
+            default += f" (one of {_cell(_literal(keywords['choices']))})"
+        what = _help_text(keywords["help"]) if "help" in keywords else ""
+        if "nargs" in keywords:
+            what = f"{what} (nargs {_literal(keywords['nargs'])})".strip()
+        parsers.setdefault(owner, []).append(f"| {names} | {_cell(default)} | {_cell(what)} |")
+    blocks = []
+    for owner, rows in parsers.items():
+        title = f"**`{titles.get(owner, owner)}`**\n\n" if len(parsers) > 1 else ""
+        header = f"{title}| argument | default | what |\n| --- | --- | --- |\n"
+        blocks.append(header + "\n".join(rows))
+    return "\n\n".join(blocks)
+
+
+def on_page_markdown(markdown: str, **_) -> str:
+    def replace(match: re.Match) -> str:
+        kind, path, class_name = match.groups()
+        return dataclass_table(path, class_name) if kind == "flags" else argparse_tables(path)
+
+    return MARKER.sub(replace, markdown)

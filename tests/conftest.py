@@ -40,7 +40,7 @@ def pretrained_checkpoint(tmp_path_factory) -> str:
         ["--config_name", "tiny", "--config_overrides", f"initializer_factor={FACTOR}", "--dataset_format",
          "synthetic", "--do_train", "--max_steps", str(PRETRAIN_STEPS),
          "--per_device_train_batch_size", "64", "--max_seq_length", "16", "--synthetic_train_size",
-         str(64 * PRETRAIN_STEPS), "--itm_negatives", "in_batch", "--pretrain_step", "one_pass",
+         str(64 * PRETRAIN_STEPS), "--itm_negatives", "in_batch",
          "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-4", "--dataloader_num_workers", "0",
          "--seed", "0", "--output_dir", str(output_dir)]
     )  # fmt: skip

@@ -14,7 +14,6 @@ import bridgetower_gaudi as btg
 from bridgetower_gaudi.data import (
     DataArguments,
     ImageTransform,
-    PretrainingCollator,
     build_dataset,
     synthetic_tokenizer,
 )
@@ -166,51 +165,57 @@ def test_itc_hard_negatives_go_both_ways_with_one_positive_per_two_negatives():
 
 # --- the pre-training step and its flags -------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("objectives", "negatives", "step", "expected"),
+    ("objectives", "negatives", "expected"),
     [
-        ("mlm,itm", None, None, ("dataset", "two_pass")),
-        ("mlm,itm", "in_batch", "one_pass", ("in_batch", "one_pass")),
-        ("mlm,itm,itc", None, None, ("itc_hard", "one_pass")),
-        ("mlm,itm,itc", "dataset", None, ("dataset", "two_pass")),
-        ("mlm", None, None, ("none", "one_pass")),
+        ("mlm,itm", None, "dataset"),
+        ("mlm,itm", "in_batch", "in_batch"),
+        ("mlm,itm,itc", None, "itc_hard"),
+        ("mlm,itm,itc", "dataset", "dataset"),
+        ("mlm", None, "none"),
     ],
 )
-def test_one_itm_recipe_from_the_three_flags(objectives, negatives, step, expected):
-    pretraining, data = PretrainingArguments(objectives=objectives, pretrain_step=step), DataArguments()
+def test_one_itm_recipe_from_the_flags(objectives, negatives, expected):
+    pretraining, data = PretrainingArguments(objectives=objectives), DataArguments()
     data.itm_negatives = negatives
     resolve_itm_recipe(pretraining, data)
-    assert (data.itm_negatives, pretraining.pretrain_step) == expected
+    assert data.itm_negatives == expected
 
 
 @pytest.mark.parametrize(
-    ("objectives", "negatives", "step", "message"),
+    ("objectives", "negatives", "message"),
     [
-        ("mlm,itm", "itc_hard", None, "add itc to --objectives"),
-        ("mlm,itm,itc", "itc_hard", "two_pass", "two_pass"),
-        ("mlm", "in_batch", None, "needs itm"),
+        ("mlm,itm", "itc_hard", "add itc to --objectives"),
+        ("mlm", "in_batch", "needs itm"),
     ],
 )
-def test_itm_recipes_that_cannot_work_are_refused(objectives, negatives, step, message):
-    pretraining, data = PretrainingArguments(objectives=objectives, pretrain_step=step), DataArguments()
+def test_itm_recipes_that_cannot_work_are_refused(objectives, negatives, message):
+    pretraining, data = PretrainingArguments(objectives=objectives), DataArguments()
     data.itm_negatives = negatives
     with pytest.raises(ValueError, match=message):
         resolve_itm_recipe(pretraining, data)
 
 
-def test_the_default_step_is_the_official_two_pass_one_with_data_set_negatives(tmp_path):
+@pytest.mark.parametrize("step", ["one_pass", "two_pass"])
+def test_the_removed_pretrain_step_flag_says_there_is_one_step_now(step):
+    with pytest.raises(ValueError, match="removed: there is one pre-training step now.*reuses the MLM pass"):
+        PretrainingArguments(pretrain_step=step)
+
+
+def test_the_default_step_sends_data_set_negatives_and_reuses_the_batch_images_for_positives(tmp_path):
     args = ["--output_dir", str(tmp_path), "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "8",
             "--synthetic_train_size", "32", "--max_seq_length", "16", "--report_to", "none"]  # fmt: skip
     trainer = build_trainer(*parse_args(args))
     batch = next(iter(trainer.get_train_dataloader()))
-    assert batch["itm_labels"].sum() == 4 and "itm_image_index" not in batch  # exactly half positive
-    assert batch["itm_pixel_values"].shape == batch["pixel_values"].shape  # every ITM image encoded again
+    assert batch["itm_labels"].sum() == 4  # exactly half positive
     positives = batch["itm_labels"] == 1
-    assert torch.equal(batch["itm_pixel_values"][positives], batch["pixel_values"][positives])
+    index = batch["itm_image_index"]  # rows of [the batch's images; itm_pixel_values]
+    assert torch.equal(index[positives], torch.arange(8)[positives])  # a positive is its own row: no second encode
+    assert len(batch["itm_pixel_values"]) <= 4  # only data-set negatives cross the loader and the vision tower
     # A negative is another record's image drawn from the whole data set (the official draw_false_image): never the
     # row's own image; it may be another row's, as in the official loader.
-    negatives = ~positives
-    for negative, own in zip(batch["itm_pixel_values"][negatives], batch["pixel_values"][negatives], strict=True):
-        assert not torch.equal(negative, own)
+    pool = torch.cat([batch["pixel_values"], batch["itm_pixel_values"]])
+    for row in (~positives).nonzero().flatten().tolist():
+        assert not torch.equal(pool[index[row]], batch["pixel_values"][row])
     assert trainer.args.max_grad_norm == 0 and trainer.args.adam_epsilon == 1e-8 and trainer.args.adam_beta2 == 0.98
 
 
@@ -362,32 +367,6 @@ def test_json_argument_files_get_the_paper_optimiser_settings_unless_they_say_ot
     *_, args = parse_args([str(tmp_path / "args.json")])
     assert args.max_grad_norm == 1.0 and args.adam_epsilon == 1e-8 and args.adam_beta2 == 0.98
     assert args.warmup_ratio == 0.1 and args.weight_decay == 0.01
-
-
-def test_one_pass_with_data_set_negatives_computes_the_official_two_pass_step():
-    """CLIP's tower has no dropout: reusing the MLM pass's image features for the ITM positives changes nothing."""
-    tokenizer = synthetic_tokenizer()
-    data = DataArguments(synthetic_train_size=8, max_seq_length=16, itm_negatives="dataset")
-    dataset = build_dataset(data, tokenizer, 32)
-    examples = [dataset[i] for i in range(8)]
-    model = btg.BridgeTowerForPreTraining(tiny_config()).train()
-    results = []
-    for reuse in (False, True):
-        collator = PretrainingCollator(tokenizer, itm_negatives="dataset", reuse_image_features=reuse, seed=1)
-        batch = collator(examples)
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        results.append(
-            (batch, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        )
-    (two, two_loss, two_grads), (one, one_loss, one_grads) = results
-    assert len(two["itm_pixel_values"]) == 8 and len(one["itm_pixel_values"]) == 4  # half the images encoded again
-    assert torch.equal(two["itm_labels"], one["itm_labels"])
-    torch.testing.assert_close(one_loss, two_loss, rtol=1e-6, atol=1e-6)
-    assert one_grads.keys() == two_grads.keys()
-    for name in two_grads:
-        torch.testing.assert_close(one_grads[name], two_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_itc_features_are_gathered_across_ranks_with_their_gradients():

@@ -69,7 +69,6 @@ TRAINING_FLAGS = [
     "--per_device_train_batch_size", "64",
     "--per_device_eval_batch_size", "64",
     "--learning_rate", "5e-4",
-    "--pretrain_step", "one_pass",
     "--itm_negatives", "in_batch",
     "--save_strategy", "no",
     "--logging_steps", "50",

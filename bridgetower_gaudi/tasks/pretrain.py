@@ -132,7 +132,7 @@ class PretrainTask(Task):
             mlm_probability=data_args.mlm_probability,
             whole_word_masking=data_args.whole_word_masking,
             itm_negatives=data_args.itm_negatives,
-            reuse_image_features=task_args.pretrain_step == "one_pass",
+            reuse_image_features=True,  # one step: the ITM pass encodes only data-set negatives
             mlm="mlm" in objectives,
             seed=args.seed if data_args.deterministic_masking else None,
         )

@@ -56,16 +56,19 @@ class PretrainingArguments(RecipeArguments):
     pretrain_step: str | None = field(
         default=None,
         metadata={
-            "help": "two_pass (default with dataset / in_batch negatives): the ITM images go through the vision "
-            "tower again, as the official step; one_pass: ITM reuses the MLM pass's image features and encodes only "
-            "data-set negatives (the vision tower has no dropout, so with dataset negatives this is the same "
-            "computation, faster). itc_hard negatives always reuse the ITC pass's features."
+            "help": "Removed: there is one pre-training step now (the ITM pass reuses the MLM pass's image features "
+            "and encodes only data-set negatives). Passing it is an error."
         },
     )
 
     def __post_init__(self):
-        if self.pretrain_step not in (None, "one_pass", "two_pass"):
-            raise ValueError(f"--pretrain_step {self.pretrain_step!r}: choose one_pass or two_pass.")
+        if self.pretrain_step is not None:
+            raise ValueError(
+                f"--pretrain_step {self.pretrain_step} was removed: there is one pre-training step now. Its ITM pass "
+                "reuses the MLM pass's image features and encodes only data-set negatives; the vision tower draws no "
+                "random numbers, so this is the official two-pass step's loss and gradients with one vision pass "
+                "per image (tests/test_step.py). Drop the flag."
+            )
         unknown = set(self.objective_list) - {"mlm", "itm", "itc"}
         if unknown or not {"mlm", "itm"} & set(self.objective_list):
             raise ValueError(
@@ -79,33 +82,25 @@ class PretrainingArguments(RecipeArguments):
 
 
 def resolve_itm_recipe(pretraining_args: PretrainingArguments, data_args) -> None:
-    """Settle how ITM pairs are made, the one decision behind --objectives, --itm_negatives and --pretrain_step:
-    fill the defaults (the official recipe) and refuse combinations that cannot work, before anything is built."""
+    """Settle how ITM pairs are made, the one decision behind --objectives and --itm_negatives: fill the defaults
+    (the official recipe) and refuse combinations that cannot work, before anything is built."""
     objectives = set(pretraining_args.objective_list)
-    negatives, step = data_args.itm_negatives, pretraining_args.pretrain_step
+    negatives = data_args.itm_negatives
     if "itm" not in objectives:
         if negatives not in (None, "none"):
             raise ValueError(f"--itm_negatives {negatives} needs itm in --objectives (given: {sorted(objectives)}).")
         data_args.itm_negatives = "none"
-        pretraining_args.pretrain_step = step or "one_pass"
         return
     if negatives is None:
         negatives = "itc_hard" if "itc" in objectives else "dataset"
     if negatives == "none":
         raise ValueError("--itm_negatives none: drop itm from --objectives instead.")
-    if negatives == "itc_hard":
-        if "itc" not in objectives:
-            raise ValueError(
-                "--itm_negatives itc_hard samples negatives from ITC similarities: add itc to --objectives "
-                "(--objectives mlm,itm,itc), or choose --itm_negatives dataset / in_batch."
-            )
-        if step == "two_pass":
-            raise ValueError(
-                "--itm_negatives itc_hard reuses the ITC pass's features for its ITM pairs; --pretrain_step two_pass "
-                "applies to dataset / in_batch negatives only: drop it."
-            )
-        step = "one_pass"
-    data_args.itm_negatives, pretraining_args.pretrain_step = negatives, step or "two_pass"
+    if negatives == "itc_hard" and "itc" not in objectives:
+        raise ValueError(
+            "--itm_negatives itc_hard samples negatives from ITC similarities: add itc to --objectives "
+            "(--objectives mlm,itm,itc), or choose --itm_negatives dataset / in_batch."
+        )
+    data_args.itm_negatives = negatives
 
 
 # The paper's optimisation (the official set_schedule and Lightning trainer): AdamW (0.9, 0.98), eps 1e-8 (explicit:

@@ -30,8 +30,8 @@ from bridgetower_gaudi.evaluation.vqa import (
     normalize_answer,
     save_answer_vocabulary,
     score_for_count,
-    vqa_question_score,
-    vqa_score,
+    vqa_accuracy,
+    vqa_question_accuracy,
     vqa_soft_score,
     write_vqa_predictions,
 )
@@ -103,21 +103,24 @@ def test_vocabulary_keeps_answers_seen_min_count_times_in_first_seen_order(tmp_p
         load_answer_vocabulary(str(tmp_path / "nowhere.json"))
 
 
-def test_vqa_score_simple_and_leave_one_out():
-    gt = ["2"] + ["3"] * 9
-    assert vqa_question_score("two", gt) == pytest.approx(1 / 3)  # normalised on both sides
-    assert vqa_question_score("two", gt, leave_one_out=True) == pytest.approx(0.3)
-    assert vqa_question_score("3", gt) == 1.0 and vqa_question_score("cat", gt) == 0.0
-    # The official averaging over 9-annotator subsets gives exactly write_vqa.py's soft scores.
+def test_vqa_accuracy_is_the_official_leave_one_out_average():
+    # Hand-computed: 3 of 10 annotators said "2" (spelt three ways). Leaving out one of those 3 leaves 2 matches
+    # (2/3); leaving out one of the other 7 leaves 3 matches (1.0): (3 x 2/3 + 7 x 1) / 10 = 0.9, where the plain
+    # min(3/3, 1) would read 1.0.
+    gt = ["2", "two", "Two"] + ["3"] * 7
+    assert vqa_question_accuracy("two", gt) == pytest.approx(0.9)
+    # 1 match: 9 subsets keep it (1/3 each), 1 loses it: 9 x (1/3) / 10 = 0.3.
+    assert vqa_question_accuracy("cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)
+    assert vqa_question_accuracy("3", gt) == 1.0 and vqa_question_accuracy("cat", gt) == 0.0
+    # The averaging over 9-annotator subsets gives exactly write_vqa.py's soft scores.
     for n in range(11):
         answers = ["yes"] * n + ["no"] * (10 - n)
-        assert vqa_question_score("yes", answers, leave_one_out=True) == pytest.approx(score_for_count(n))
-        assert vqa_question_score("yes", answers) == pytest.approx(min(n / 3, 1.0))
-    assert vqa_score(["two", "cat"], [gt, ["the cat"] * 10]) == pytest.approx((1 / 3 + 1.0) / 2)
+        assert vqa_question_accuracy("yes", answers) == pytest.approx(score_for_count(n))
+    assert vqa_accuracy(["two", "cat"], [gt, ["the cat"] * 10]) == pytest.approx((0.9 + 1.0) / 2)
     with pytest.raises(ValueError, match="predictions"):
-        vqa_score(["a"], [])
-    with pytest.raises(ValueError, match="no VQA score"):
-        vqa_question_score("a", [])
+        vqa_accuracy(["a"], [])
+    with pytest.raises(ValueError, match="no VQA accuracy"):
+        vqa_question_accuracy("a", [])
 
 
 def test_soft_score_accuracy_and_submission(tmp_path):

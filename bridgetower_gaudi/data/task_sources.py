@@ -15,7 +15,7 @@ Every reader is a random-access `MapSource` of `RawRecord`s, one per question / 
   - VQAv2: {"labels": [class, ...], "scores": [soft score, ...], "answers": [the annotators' raw answers]}.
     Classes index the answer vocabulary; scores are write_vqa.py's 0.3 / 0.6 / 0.9 / 1.0 for answers given by
     1 / 2 / 3 / >=4 annotators, counted after normalisation (`evaluation.vqa.answer_scores`); answers outside the
-    vocabulary get no class. "answers" is the 10 raw strings for the VQA accuracy (`evaluation.vqa.vqa_score`);
+    vocabulary get no class. "answers" is the 10 raw strings for the VQA accuracy (`evaluation.vqa.vqa_accuracy`);
     the arrow files do not keep them, so there it is []. Test questions (no annotations): None.
   - SNLI-VE: class index, contradiction 0, neutral 1, entailment 2 (write_snli.py `label2id`).
   - NLVR2: 1 when the sentence is "True" of the image pair, else 0 (nlvr2_dataset.py: `answers == "True"`);

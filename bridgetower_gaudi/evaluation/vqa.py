@@ -7,8 +7,9 @@
   `get_score` over the counts of the normalised answers, as the `_fix` files BridgeTower trains on).
 - `build_answer_vocabulary`: the answer classes (write_vqa.py: normalised `multiple_choice_answer`s of train + val
   seen at least 9 times, in order of first appearance: 3,129 classes).
-- `vqa_score`: VQA accuracy from the annotators' answers; `vqa_soft_score`: the official training-time metric
-  (src/gadgets/my_metrics.py `VQAScore`: the soft score of the predicted class), which is all an arrow file allows.
+- `vqa_accuracy`: the official VQA accuracy from the annotators' answers (leave-one-out average);
+  `vqa_soft_score`: the official training-time metric (src/gadgets/my_metrics.py `VQAScore`: the soft score of the
+  predicted class), which is all an arrow file allows.
 - `accuracy`: SNLI-VE / NLVR2 (my_metrics.py `Accuracy`: argmax == label, labels -100 ignored).
 """
 
@@ -156,40 +157,33 @@ def load_answer_vocabulary(path: str) -> list[str]:
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
-def vqa_question_score(predicted: str, gt_answers: Sequence[str], leave_one_out: bool = False) -> float:
-    """The VQA accuracy of one predicted answer against the annotators' answers, both normalised.
+def vqa_question_accuracy(predicted: str, gt_answers: Sequence[str]) -> float:
+    """The official VQA accuracy of one predicted answer against the annotators' answers (usually 10), both
+    normalised: min(#matching annotators / 3, 1) averaged over the 10 subsets of 9 annotators (vqaEval.py), which
+    gives 0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / >=4 matching annotators (write_vqa.py's soft targets). The plain
+    min(n / 3, 1) without the averaging reads higher (1.0 for 3 matches) and is not reported.
 
-    Default: min(#annotators who gave the answer / 3, 1) ("1 of 10" scores 0.33, "3 of 10" 1.0).
-    `leave_one_out=True`: the official vqaEval.py averaging of that formula over the 10 subsets of 9 annotators,
-    which gives 0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / >=4 matching annotators (exactly write_vqa.py's soft
-    targets): use it to compare with published numbers.
-
-    One more difference from vqaEval.py: it normalises the annotators' answers only when they disagree, and then
-    only with `processPunctuation` (so "two" from 10 annotators does not match a predicted "2" there). Here both
-    sides always get the whole normalisation, as the training targets do."""
+    One difference from vqaEval.py: it normalises the annotators' answers only when they disagree, and then only
+    with `processPunctuation` (so "two" from 10 annotators does not match a predicted "2" there). Here both sides
+    always get the whole normalisation, as the training targets do."""
     if not gt_answers:
-        raise ValueError("a question without annotator answers has no VQA score (test questions: submit them).")
+        raise ValueError("a question without annotator answers has no VQA accuracy (test questions: submit them).")
     predicted = normalize_answer(predicted)
     matches = [normalize_answer(answer) == predicted for answer in gt_answers]
-    if not leave_one_out:
-        return min(sum(matches) / 3.0, 1.0)
     total = sum(matches)
-    # Leaving out annotator i: the others' matches are total - matches[i].
+    # Leaving annotator i out: the other annotators' matches are total - matches[i].
     return float(np.mean([min((total - int(match)) / 3.0, 1.0) for match in matches]))
 
 
-def vqa_score(
-    predicted_answers: Sequence[str], gt_answer_lists: Sequence[Sequence[str]], leave_one_out: bool = False
-) -> float:
-    """Mean VQA accuracy (0..1) over questions: `vqa_question_score` of each prediction against its annotators'
-    answers. The default is min(#humans / 3, 1) with the official normalisation; see `vqa_question_score` for how
-    it differs from the official script and `leave_one_out=True` for the official averaging."""
+def vqa_accuracy(predicted_answers: Sequence[str], gt_answer_lists: Sequence[Sequence[str]]) -> float:
+    """Mean official VQA accuracy (0..1) over questions: `vqa_question_accuracy` of each prediction against its
+    annotators' answers."""
     if len(predicted_answers) != len(gt_answer_lists):
         raise ValueError(f"{len(predicted_answers)} predictions for {len(gt_answer_lists)} questions.")
     if not predicted_answers:
         return 0.0
     scores = [
-        vqa_question_score(predicted, answers, leave_one_out)
+        vqa_question_accuracy(predicted, answers)
         for predicted, answers in zip(predicted_answers, gt_answer_lists, strict=True)
     ]
     return float(np.mean(scores))
@@ -201,7 +195,7 @@ def vqa_soft_score(predicted_labels: Sequence[int] | np.ndarray, targets) -> flo
 
     `targets`: a dense (questions x classes) array of soft scores, or a list of target dicts with "labels" and
     "scores" (the readers' VQA target format; None entries are not allowed). With targets from
-    `answer_scores` this equals the official accuracy (`leave_one_out=True`) of predictions in the vocabulary."""
+    `answer_scores` this equals the official accuracy (`vqa_accuracy`) of predictions in the vocabulary."""
     predicted = np.asarray(predicted_labels, dtype=np.int64).reshape(-1)
     if isinstance(targets, np.ndarray):
         if targets.ndim != 2 or targets.shape[0] != predicted.size:

@@ -114,15 +114,16 @@ class VqaTask(Task):
         return Metrics(_argmax, _vqa_score_metrics, ["labels"])
 
     def evaluate(self, trainer, dataset) -> dict:
-        """Every held-out question: `vqa_score` against the soft targets (the official training-time VQAScore) and
-        `vqa_accuracy`, the VQA evaluation's min(#annotators who gave the answer / 3, 1) on normalised answers."""
+        """Every held-out question: `vqa_score` against the soft targets (the official training-time VQAScore) and,
+        when the records carry the annotators' answers, `vqa_accuracy`, the official VQA accuracy (min(#matching
+        annotators / 3, 1) averaged over the 10 subsets of 9 annotators) on normalised answers."""
         output, count = predict_every_example(trainer, dataset, metric_key_prefix="eval")
         predicted = np.asarray(output.predictions).reshape(-1)[:count]
         targets = np.asarray(output.label_ids)[:count]
         metrics = {"eval_loss": output.metrics["eval_loss"], "eval_vqa_score": _soft_score(predicted, targets)}
         raw = [dataset.record(i).target.get("answers") for i in range(count)]
         if all(raw):
-            metrics["eval_vqa_accuracy"] = vqa_metrics.vqa_score([self.answers[p] for p in predicted.tolist()], raw)
+            metrics["eval_vqa_accuracy"] = vqa_metrics.vqa_accuracy([self.answers[p] for p in predicted.tolist()], raw)
         return metrics
 
     def predict(self, trainer, dataset, output_dir: str) -> dict:

@@ -13,9 +13,10 @@ import time
 from functools import partial
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
+from transformers.trainer_pt_utils import nested_truncate
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, seed_worker
 from transformers.utils.import_utils import is_torch_greater_or_equal
 
 from ..data import SkipLog
@@ -23,9 +24,11 @@ from ..data.dataset import EpochSampler, ImageTextDataset, KeepStreamState, Stre
 from ..device import is_gaudi_arguments
 from ..modeling import checkpoint_conversion
 from .arguments import RecipeArguments
+from .kill_points import kill_point, wanted_kill
 from .optimization import parameter_groups, torch_param_groups
 
 logger = logging.getLogger("bridgetower_gaudi")
+DELETING_PREFIX = ".deleting-"  # an old checkpoint being deleted by --save_total_limit (see _rotate_checkpoints)
 
 
 class NonFiniteStepsError(RuntimeError):
@@ -42,6 +45,60 @@ def gradients_are_finite(parameters) -> torch.Tensor:
     if len({norm.dtype for norm in norms}) > 1:  # weights of several dtypes: stack needs one
         norms = [norm.float() for norm in norms]
     return torch.isfinite(torch.stack(norms).sum())
+
+
+class SkipOnDevice:
+    """Makes the next `optimizer.step()` leave every weight and optimizer state as they were where `bad` (a boolean
+    on the device) is true, without reading it on the host. torch's fused Adam / AdamW take it as `found_inf`, as
+    GradScaler passes it (the kernel skips the update and the step count is undone). Any other optimizer (foreach
+    AdamW, Habana's FusedAdamW) steps, then each weight and state tensor is selected back on the device from a copy
+    taken before the step: a second copy of the weights and moments for the length of the step."""
+
+    def __init__(self):
+        self._hooked, self._bad, self._saved, self._fresh = None, None, [], []
+
+    def arm(self, optimizer, bad: torch.Tensor) -> None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+        if self._hooked is not optimizer:
+            optimizer.register_step_pre_hook(self._before_step)
+            optimizer.register_step_post_hook(self._after_step)
+            self._hooked = optimizer
+        self._bad = bad
+
+    @staticmethod
+    def takes_found_inf(optimizer) -> bool:
+        return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and all(
+            group.get("fused") for group in optimizer.param_groups
+        )
+
+    def _before_step(self, optimizer, args, kwargs):
+        if self._bad is None:
+            return
+        if self.takes_found_inf(optimizer):
+            optimizer.found_inf = self._bad.float()
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self._fresh = [p for p in params if not optimizer.state.get(p)]  # state created by this step
+        tensors = params + [
+            v for p in params for v in optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor)
+        ]
+        self._saved = [(t, t.detach().clone()) for t in tensors]
+
+    @torch.no_grad()
+    def _after_step(self, optimizer, args, kwargs):
+        bad, self._bad = self._bad, None
+        if bad is None:
+            return
+        if hasattr(optimizer, "found_inf"):
+            del optimizer.found_inf
+            return
+        for tensor, before in self._saved:
+            tensor.copy_(torch.where(bad, before, tensor))
+        for p in self._fresh:  # a skipped first step: the state as AdamW creates it (zeros) before stepping
+            for value in optimizer.state[p].values():
+                if isinstance(value, torch.Tensor):
+                    value.copy_(torch.where(bad, torch.zeros_like(value), value))
+        self._saved, self._fresh = [], []
 
 
 class NonFiniteStepGuard(TrainerCallback):
@@ -71,6 +128,59 @@ class ResumeRandomState(TrainerCallback):
             self.trainer._load_rng_state(checkpoint)
 
 
+class MidStepKillPoint(TrainerCallback):
+    """`BRIDGETOWER_KILL_AT=mid_step[:N]` (see kill_points): the kill lands once step N's gradients are complete,
+    before the optimizer uses them."""
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        kill_point("mid_step", state.global_step + 1)
+
+
+def padded_to_whole_batches(dataset, batch_size: int):
+    """(dataset, None) when its length is a multiple of `batch_size` (the global evaluation batch), else (the dataset
+    followed by its first examples again up to a whole last batch, the number of real examples): static shapes keep
+    every example instead of dropping the remainder. The padding rows are real examples, so in-batch pairings (ITM
+    negatives, ITC) stay well formed; `EvalRows` takes them out of every figure."""
+    count = len(dataset)
+    extra = -count % batch_size
+    if count == 0 or extra == 0:
+        return dataset, None
+    return torch.utils.data.Subset(dataset, list(range(count)) + [i % count for i in range(extra)]), count
+
+
+class EvalRows:
+    """Which rows of each evaluation batch are real examples, for a set padded by `padded_to_whole_batches`.
+    Evaluation batches go to the ranks in turn (rank r takes rows [r * per_device, (r + 1) * per_device) of each
+    global batch) and are gathered back in that order."""
+
+    def __init__(self, examples: int, per_device: int, world_size: int, rank: int):
+        self.examples, self.per_device, self.rank = examples, per_device, rank
+        self.global_batch = per_device * world_size
+        self.batch = -1  # the batch being evaluated
+
+    def next_batch(self, inputs: dict, label_names: list[str]) -> dict:
+        """The next batch of this rank with its padding rows' integer labels set to -100 (ignored by the losses)."""
+        self.batch += 1
+        start = self.batch * self.global_batch + self.rank * self.per_device
+        real = min(max(self.examples - start, 0), self.per_device)
+        if real == self.per_device:
+            return inputs
+        inputs = dict(inputs)
+        for name in label_names:
+            labels = inputs.get(name)
+            if isinstance(labels, torch.Tensor) and not labels.is_floating_point():
+                labels = labels.clone()
+                labels[real:] = -100
+                inputs[name] = labels
+        return inputs
+
+    def keep_real(self, gathered):
+        """The gathered rows (losses, predictions, labels: tensors or nested tuples) of the current batch without its
+        padding rows."""
+        keep = min(max(self.examples - self.batch * self.global_batch, 0), self.global_batch)
+        return gathered if keep == self.global_batch else nested_truncate(gathered, keep)
+
+
 class BridgeTowerTrainerMixin:
     """Shared by BridgeTowerTrainer (transformers) and the Gaudi trainer (`gaudi_trainer_class`)."""
 
@@ -81,21 +191,30 @@ class BridgeTowerTrainerMixin:
         self.skip_log, self.eval_skip_log = skip_log or SkipLog(), eval_skip_log or SkipLog()
         self._staging_dir = None  # set while a checkpoint is being written (see _save_checkpoint)
         self._nonfinite_loss = None  # on the device: a micro-step of this optimizer step had a non-finite loss
-        self.nonfinite_steps: list[int] = []  # the optimizer steps skipped in this train() call
+        self.nonfinite_steps: list[int] = []  # the optimizer steps skipped in this train() call (read so far)
+        self._pending_nonfinite: list[tuple[int, torch.Tensor]] = []  # (step, bad on the device), not read yet
+        self._skip_on_device = SkipOnDevice()
         self._train_stream: StreamingLoader | None = None  # the streaming training loader (its position is saved)
         self._resuming_from: str | None = None  # the checkpoint this train() resumes from
         super().__init__(*args, **kwargs)
         self.add_callback(NonFiniteStepGuard(self))
         self.add_callback(ResumeRandomState(self))
+        if wanted_kill() is not None:  # a test of what a kill leaves behind (a malformed value is refused here)
+            self.add_callback(MidStepKillPoint())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        self.nonfinite_steps, self._nonfinite_loss = [], None
+        self.nonfinite_steps, self._nonfinite_loss, self._pending_nonfinite = [], None, []
         self._resuming_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        self.remove_killed_leftovers()
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset):
             # The stream continues from each reader's saved position (get_train_dataloader); Trainer's own resume
             # would replay the batches before the checkpoint through the readers.
             self.args.ignore_data_skip = True
-        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self._resumes_a_finished_run(resume_from_checkpoint):
+            result = self._load_finished_run(resume_from_checkpoint)
+        else:
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
+        self.read_nonfinite_steps()
         result.metrics["nonfinite_steps"] = len(self.nonfinite_steps)
         return result
 
@@ -120,14 +239,15 @@ class BridgeTowerTrainerMixin:
 
     def skip_nonfinite_step(self) -> None:
         """Before the optimizer step: if any micro-step's loss or any gradient is non-finite (on any rank), the
-        update is skipped: every gradient is set to None, so AdamW leaves every weight and its moments as they are
-        (zeroed gradients would still move them through momentum and weight decay). The step is counted (logged as
-        `nonfinite_steps`, in the train metrics); more than `--max_nonfinite_steps` stop the run.
+        update is skipped: no weight and no AdamW moment or step count changes. Decided on the device, without a host
+        sync (see `SkipOnDevice`); the step is counted on the device too, and the count is read at logging steps
+        (`read_nonfinite_steps`): logged as `nonfinite_steps`, in the train metrics, and more than
+        `--max_nonfinite_steps` stop the run at the first logging step (or the end of training) that sees them.
 
-        One host sync per optimizer step. Under --fp16 the loss scaler skips steps whose gradients overflow (that is
-        how it calibrates), so only non-finite losses count there. Under DeepSpeed the engine has already stepped
-        (inside backward): its ZeRO optimizer skipped the update when the gradients were non-finite (compute_loss
-        makes a non-finite loss's gradients NaN), which `was_step_applied()` reports; see deepspeed_step_was_bad."""
+        Under --fp16 the loss scaler skips steps whose gradients overflow (that is how it calibrates), so only
+        non-finite losses count there. Under DeepSpeed the engine has already stepped (inside backward): its ZeRO
+        optimizer skipped the update when the gradients were non-finite (compute_loss makes a non-finite loss's
+        gradients NaN), which `was_step_applied()` reports on the host; see deepspeed_step_was_bad."""
         bad = self._nonfinite_loss
         self._nonfinite_loss = None
         if bad is None:
@@ -135,31 +255,45 @@ class BridgeTowerTrainerMixin:
         skip_here = not (self.args.fp16 or self.is_deepspeed_enabled)
         if skip_here:
             bad = bad | gradients_are_finite(self.model.parameters()).to(bad.device).logical_not()
-        bad = bad.float()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad)  # every rank skips (or stops) alike
-        bad = bool(bad.item())
-        if self.is_deepspeed_enabled:
-            bad = self.deepspeed_step_was_bad(bad)
-        if not bad:
+            bad = bad.float()
+            torch.distributed.all_reduce(bad)  # every rank skips (or stops) alike; a device collective, not a read
+            bad = bad > 0
+        step = self.state.global_step + 1
+        if self.is_deepspeed_enabled:  # DeepSpeed reports on the host whether it applied its step
+            if self.deepspeed_step_was_bad(bool(bad.item())):
+                self._record_nonfinite_steps([step])
             return
         if skip_here:
-            self.model.zero_grad(set_to_none=True)
-        step = self.state.global_step + 1
-        self.nonfinite_steps.append(step)
-        logger.warning(
-            "step %d: non-finite loss or gradient, update %s (%d such steps so far)",
-            step, "not skipped (fp16 loss scaler)" if self.args.fp16 and not self.is_deepspeed_enabled else "skipped",
-            len(self.nonfinite_steps),
-        )  # fmt: skip
+            self._skip_on_device.arm(self.optimizer, bad)
+        self._pending_nonfinite.append((step, bad))
+
+    def read_nonfinite_steps(self) -> None:
+        """One host read of the steps decided since the last read (logging steps, the end of training)."""
+        if not self._pending_nonfinite:
+            return
+        steps, flags = zip(*self._pending_nonfinite, strict=True)
+        self._pending_nonfinite = []
+        bad = torch.stack([flag.reshape(()) for flag in flags]).tolist()
+        self._record_nonfinite_steps([step for step, is_bad in zip(steps, bad, strict=True) if is_bad])
+
+    def _record_nonfinite_steps(self, steps: list[int]) -> None:
+        for step in steps:
+            self.nonfinite_steps.append(step)
+            logger.warning(
+                "step %d: non-finite loss or gradient, update %s (%d such steps so far)",
+                step, "not skipped (fp16 loss scaler)" if self.args.fp16 and not self.is_deepspeed_enabled
+                else "skipped", len(self.nonfinite_steps),
+            )  # fmt: skip
         limit = self.recipe_args.max_nonfinite_steps
-        if limit is not None and len(self.nonfinite_steps) > limit:
-            steps = ", ".join(map(str, self.nonfinite_steps[:10])) + (" ..." if len(self.nonfinite_steps) > 10 else "")
+        if steps and limit is not None and len(self.nonfinite_steps) > limit:
+            listed = ", ".join(map(str, self.nonfinite_steps[:10])) + (" ..." if len(self.nonfinite_steps) > 10 else "")
             raise NonFiniteStepsError(
-                f"training stopped at step {step}: {len(self.nonfinite_steps)} optimizer steps had a non-finite loss "
-                f"or gradient (steps {steps}), more than --max_nonfinite_steps {limit}. Lower --learning_rate, clip "
-                "gradients (--max_grad_norm 1.0), train in bf16 rather than fp16, or look at the data of those "
-                "steps; then resume from the last checkpoint (--resume_from_checkpoint)."
+                f"training stopped at step {self.state.global_step}: {len(self.nonfinite_steps)} optimizer steps had "
+                f"a non-finite loss or gradient (steps {listed}), more than --max_nonfinite_steps {limit} (checked at "
+                "logging steps). Lower --learning_rate, clip gradients (--max_grad_norm 1.0), train in bf16 rather "
+                "than fp16, or look at the data of those steps; then resume from the last checkpoint "
+                "(--resume_from_checkpoint)."
             )
 
     def deepspeed_step_was_bad(self, nonfinite_loss: bool) -> bool:
@@ -186,6 +320,7 @@ class BridgeTowerTrainerMixin:
         return bad
 
     def log(self, logs: dict, *args, **kwargs) -> None:
+        self.read_nonfinite_steps()  # logging steps may read the host
         if "loss" in logs and self.nonfinite_steps:  # the training logs: how many steps were skipped so far
             logs["nonfinite_steps"] = len(self.nonfinite_steps)
         super().log(logs, *args, **kwargs)
@@ -237,15 +372,43 @@ class BridgeTowerTrainerMixin:
 
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str):  # Trainer.evaluate names one of several evaluation sets
+            dataset = self.eval_dataset[dataset]
         collator = self.eval_data_collator or self.data_collator
         if isinstance(dataset, torch.utils.data.IterableDataset):
             loader = self._streaming_loader(dataset, self.args.eval_batch_size, collator)
             return StreamingLoader(loader, dataset, self.args.device, training=False)
+        padding = None
+        if self.args.dataloader_drop_last:  # static shapes: pad the last batch instead of dropping its examples
+            dataset, padding = padded_to_whole_batches(dataset, self.args.eval_batch_size * self.args.world_size)
         training_collator, self.data_collator = self.data_collator, collator  # Trainer builds loaders from it
         try:
-            return super().get_eval_dataloader(eval_dataset)
+            loader = super().get_eval_dataloader(dataset)
         finally:
             self.data_collator = training_collator
+        loader.eval_examples = padding  # read by evaluation_loop: how many of the rows are real examples
+        return loader
+
+    def evaluation_loop(self, dataloader, *args, **kwargs):
+        """Over every example of a set padded to whole batches (`get_eval_dataloader`): each batch's padding rows get
+        ignored labels (-100) before the forward, so the model's losses leave them out, and are cut from what is
+        gathered (losses, predictions, labels), so every metric and the mean loss are over the real examples."""
+        examples = getattr(dataloader, "eval_examples", None)
+        if examples is None:
+            return super().evaluation_loop(dataloader, *args, **kwargs)
+        self._eval_rows = EvalRows(examples, self.args.eval_batch_size, self.args.world_size, self.args.process_index)
+        gather = self.gather_function
+        self.gather_function = lambda tensors: self._eval_rows.keep_real(gather(tensors))
+        try:
+            output = super().evaluation_loop(dataloader, *args, **kwargs)
+        finally:
+            self._eval_rows, self.gather_function = None, gather
+        return output._replace(num_samples=examples)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if getattr(self, "_eval_rows", None) is not None:
+            inputs = self._eval_rows.next_batch(inputs, self.label_names)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _streaming_loader(self, dataset, batch_size, collator=None):
         workers = self.args.dataloader_num_workers
@@ -287,6 +450,7 @@ class BridgeTowerTrainerMixin:
             self.state.best_model_checkpoint = final
             if self.args.should_save:
                 self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        kill_point("mid_save", self.state.global_step)
         self.accelerator.wait_for_everyone()  # every rank's files are in
         if mover:
             try:
@@ -297,6 +461,54 @@ class BridgeTowerTrainerMixin:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:  # Trainer's rotation ran inside the staging folder: --save_total_limit here
             self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+
+    def _rotate_checkpoints(self, use_mtime=False, output_dir=None) -> None:
+        """`--save_total_limit`, atomically: each old checkpoint-K is first renamed out of the checkpoint-* namespace
+        (to `.deleting-checkpoint-K`, which neither `get_last_checkpoint` nor a resume sees), then deleted; a kill
+        during the deletion leaves no half-deleted checkpoint-K, and `remove_killed_leftovers` clears the rest. Which
+        checkpoints go is Trainer's choice (oldest first, never the best one, the newest kept for resuming)."""
+        limit = self.args.save_total_limit
+        if limit is None or limit <= 0:
+            return
+        checkpoints = self._sorted_checkpoints(use_mtime=use_mtime, output_dir=output_dir)
+        best = self.state.best_model_checkpoint
+        if limit == 1 and best is not None and checkpoints and checkpoints[-1] != best:
+            limit = 2  # as Trainer: keep the newest as well as the best, so that the run can resume
+        for checkpoint in checkpoints[: max(0, len(checkpoints) - limit)]:
+            logger.info("Deleting older checkpoint [%s] due to args.save_total_limit", checkpoint)
+            doomed = os.path.join(os.path.dirname(checkpoint), DELETING_PREFIX + os.path.basename(checkpoint))
+            shutil.rmtree(doomed, ignore_errors=True)  # an earlier rotation of the same name that was killed
+            os.rename(checkpoint, doomed)
+            kill_point("mid_rotation", self.state.global_step)
+            shutil.rmtree(doomed)
+
+    def remove_killed_leftovers(self) -> None:
+        """Remove what a killed save or rotation left in the output folder (`.tmp-checkpoint-N` staging folders,
+        `.deleting-checkpoint-K`, the final model's `.tmp-model`): hidden from resuming, but they take disk space."""
+        output_dir = self.args.output_dir
+        if self.args.should_save and os.path.isdir(output_dir):
+            for name in os.listdir(output_dir):
+                if name.startswith((f".tmp-{PREFIX_CHECKPOINT_DIR}-", DELETING_PREFIX, ".tmp-model")):
+                    logger.info("removing %s, left by a save that was killed", os.path.join(output_dir, name))
+                    shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def _resumes_a_finished_run(self, checkpoint) -> bool:
+        """Whether `checkpoint` already holds all --max_steps steps (a run killed during its final save, restarted
+        with the same command): Trainer would train one step past the limit, as its loop checks it only after a step.
+        Not under DeepSpeed, whose engine must be built to load a checkpoint."""
+        if not isinstance(checkpoint, str) or self.args.max_steps <= 0 or self.is_deepspeed_enabled:
+            return False
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        return state.global_step >= self.args.max_steps
+
+    def _load_finished_run(self, checkpoint: str) -> TrainOutput:
+        """The model and trainer state of a finished run's last checkpoint, without a step."""
+        logger.info("%s holds all --max_steps %d steps: loading it, nothing left to train", checkpoint,
+                    self.args.max_steps)  # fmt: skip
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        return TrainOutput(self.state.global_step, 0.0, {})
 
     def _data_state_path(self, checkpoint: str) -> str:
         return os.path.join(checkpoint, f"data_state.rank{self.args.process_index}.json")
@@ -339,8 +551,10 @@ class BridgeTowerTrainerMixin:
         super().save_model(staging, _internal_call)  # every rank: DeepSpeed ZeRO-3 gathers the weights
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            for name in sorted(os.listdir(staging), key=lambda name: name == "config.json"):
+            for number, name in enumerate(sorted(os.listdir(staging), key=lambda name: name == "config.json")):
                 os.replace(os.path.join(staging, name), os.path.join(target, name))
+                if number == 0:
+                    kill_point("mid_final_save", self.state.global_step)
             shutil.rmtree(staging)
         self.accelerator.wait_for_everyone()
 

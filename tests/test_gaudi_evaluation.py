@@ -1,0 +1,87 @@
+"""Evaluation under static shapes (issue 20, point 7): the last batch is padded to the batch size instead of dropped,
+and the padding is left out of every figure: the loss, the predictions and the labels that metrics see."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bridgetower_gaudi.training.pretrain as pretrain
+from bridgetower_gaudi.training.arguments import BridgeTowerTrainingArguments
+from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
+
+EXAMPLES, BATCH = 515, 64  # 8 whole batches and 3 examples
+
+
+class Scores(nn.Module):
+    """Two-class logits (w * x, -w * x): each example has its own loss, so a mean over the wrong set shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.01))
+
+    def forward(self, x, labels=None):
+        logits = torch.stack([self.w * x, -self.w * x], dim=-1)
+        loss = nn.functional.cross_entropy(logits, labels)  # ignore_index -100: padding rows leave the mean
+        return {"loss": loss, "logits": logits}
+
+
+class Examples(torch.utils.data.Dataset):
+    def __len__(self):
+        return EXAMPLES
+
+    def __getitem__(self, i):
+        return {"x": torch.tensor(float(i % 97) - 48.0), "labels": torch.tensor(i % 3 % 2)}
+
+
+def test_every_example_is_evaluated_and_padding_is_in_no_figure(tmp_path):
+    seen = {}
+
+    def metrics(prediction):
+        seen["rows"] = len(prediction.label_ids)
+        predicted = prediction.predictions.argmax(-1)
+        return {"accuracy": float((predicted == prediction.label_ids).mean())}
+
+    args = BridgeTowerTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=BATCH, dataloader_drop_last=True, report_to=[],
+        use_cpu=True,
+    )  # fmt: skip
+    trainer = BridgeTowerTrainer(
+        model=Scores(), args=args, eval_dataset=Examples(), data_collator=torch.utils.data.default_collate,
+        compute_metrics=metrics,
+    )  # fmt: skip
+    result = trainer.evaluate()
+
+    # Recomputed here over the 515 examples, one at a time.
+    x = torch.stack([Examples()[i]["x"] for i in range(EXAMPLES)])
+    labels = torch.stack([Examples()[i]["labels"] for i in range(EXAMPLES)])
+    logits = torch.stack([0.01 * x, -0.01 * x], dim=-1)
+    losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert seen["rows"] == EXAMPLES
+    assert result["eval_loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert result["eval_accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    # What dropping the remainder (or counting the padding) would give is measurably different.
+    assert abs(losses[:512].mean().item() - losses.mean().item()) > 1e-4
+    assert len(trainer.get_eval_dataloader()) == 9  # 8 whole batches + the padded one, every batch of 64
+
+
+def test_pretraining_evaluation_covers_every_held_out_pair(tmp_path):
+    model_args, data_args, pretraining_args, args = pretrain.parse_args(
+        ["--output_dir", str(tmp_path), "--do_eval", "--synthetic_eval_size", "19", "--per_device_eval_batch_size",
+         "8", "--max_seq_length", "16", "--report_to", "none"]
+    )  # fmt: skip
+    trainer = pretrain.build_trainer(model_args, data_args, pretraining_args, args)
+    seen = {}
+    compute = trainer.compute_metrics
+
+    def recording(prediction):
+        mlm_labels, itm_labels = prediction.label_ids
+        seen["rows"] = (len(mlm_labels), len(itm_labels), len(prediction.predictions[0]))
+        seen["itm_labels"] = np.asarray(itm_labels)
+        return compute(prediction)
+
+    trainer.compute_metrics = recording
+    metrics = trainer.evaluate()
+    assert seen["rows"] == (19, 19, 19)  # 2 whole batches and 3 pairs, not 16
+    assert set(np.unique(seen["itm_labels"])) <= {0, 1}  # no padding label (-100) reached the metrics
+    assert 0.0 <= metrics["eval_itm_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])

@@ -5,6 +5,7 @@ learning rate, NLVR2 grows its second image type, resolutions change, and a tran
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -134,6 +135,47 @@ def test_downstream_heads_save_load_and_take_the_head_rate(tmp_path, model_class
     rates = {name: group["lr"] for group in groups for name in group["names"]}
     assert {rates[n] for n in rates if n.startswith(head)} == {5e-4}
     assert rates[f"{head}.dense.weight"] and f"{head}.LayerNorm.weight" in rates
+
+
+# The official set_schedule (meter_utils.py) on the official names: role by substring ("cross_modal" first, then the
+# head names), no decay when a no-decay pattern (bias, LayerNorm / norm weights) is in the name. The downstream
+# heads are nn.Sequential officially ("vqa_classifier.1.weight" is their LayerNorm): matched by no pattern, decayed.
+# CLIP's LayerNorms are ln_pre / ln_1 / ln_2 / ln_post officially: decayed too. First matching row wins.
+TASK_GROUP_TABLE = [
+    (r"\.bias$", None, False),
+    (r"cross_modal.*(LayerNorm|_layernorm)\.weight$", "cross_modal", False),
+    (r"cross_modal", "cross_modal", True),
+    (r"^(vqa|snli|nlvr2)_classifier\.(dense|LayerNorm|classifier)\.weight$", "head", True),
+    (r"^mlm_score\.transform\.LayerNorm\.weight$", "head", False),
+    (r"^(mlm_score|itm_score|itc_text_head|itc_image_head)\.", "head", True),
+    (r"^bridgetower\.text_model\..*LayerNorm\.weight$", "base", False),
+    (r"^bridgetower\.(text_model|vision_model|token_type_embeddings)\.", "base", True),
+    (r"^(temperature|logit_scale)$", "base", True),
+]
+BIAS_ROLES = [(r"cross_modal", "cross_modal"), (r"^(vqa|snli|nlvr2)_classifier|^(mlm|itm)_score|^itc_", "head")]
+
+
+@pytest.mark.parametrize(
+    "model_class",
+    [btg.BridgeTowerForPreTraining, btg.BridgeTowerForMaskedLM, btg.BridgeTowerForImageAndTextRetrieval,
+     btg.BridgeTowerForContrastiveLearning, btg.BridgeTowerForVisualQuestionAnswering,
+     btg.BridgeTowerForVisualEntailment, btg.BridgeTowerForNLVR2],
+)  # fmt: skip
+def test_every_task_models_parameters_fall_in_the_official_groups(model_class):
+    pretraining = model_class is btg.BridgeTowerForPreTraining
+    objectives = {"pretraining_objectives": ["mlm", "itm", "itc"]} if pretraining else {}
+    model = model_class(tiny_config(num_labels=3, num_image_token_types=2, **objectives))
+    groups = parameter_groups(model, 1e-5, 0.01, cross_modal_lr_multiplier=5, head_lr_multiplier=10)
+    placed = {name: (group["role"], group["weight_decay"] > 0) for group in groups for name in group["names"]}
+    assert sorted(placed) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    for name, (role, decay) in placed.items():
+        expected_role, expected_decay = next((r, d) for pattern, r, d in TASK_GROUP_TABLE if re.search(pattern, name))
+        if expected_role is None:  # a bias: the role of its module
+            expected_role = next((r for pattern, r in BIAS_ROLES if re.search(pattern, name)), "base")
+        assert (role, decay) == (expected_role, expected_decay), name
+    head = getattr(model, "_head_modules", ())
+    if head and head[0].endswith("_classifier"):
+        assert placed[f"{head[0]}.LayerNorm.weight"] == ("head", True)  # decayed, as officially
 
 
 def test_vqa_loss_is_binary_cross_entropy_times_the_vocabulary_size():

@@ -6,8 +6,10 @@ parameter name:
   (each model class declares them in `_head_modules`), the base rate for everything else: both towers, the
   token-type embeddings, the ITC temperature;
 - weight decay on every parameter but those whose official name contains one of `NO_DECAY` (biases and
-  LayerNorm / norm weights). The rule reads the vision tower under its official (OpenAI-CLIP) names, so, exactly
-  as officially, CLIP's `class_embedding`, position embeddings and its `ln_*` LayerNorm weights are decayed.
+  LayerNorm / norm weights). The rule reads each parameter under its official name (`official_name`), so, exactly
+  as officially, CLIP's `class_embedding`, position embeddings and `ln_*` LayerNorm weights are decayed, and so
+  are the downstream heads' LayerNorm weights (officially `vqa_classifier.1.weight`: an index in an
+  `nn.Sequential`, which no pattern matches).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ NO_DECAY = (
     "norm2.weight",
 )
 ROLES = ("base", "cross_modal", "head")
+# The downstream heads (BridgeTowerClassificationHead) are an nn.Sequential officially (bt_module.py: Linear,
+# LayerNorm, GELU, Linear): our submodule names -> the official indices.
+DOWNSTREAM_HEADS = ("vqa_classifier", "snli_classifier", "nlvr2_classifier")
+OFFICIAL_HEAD_INDEX = {"dense": "0", "LayerNorm": "1", "classifier": "3"}
 
 
 def parameter_role(model: nn.Module, name: str) -> str:
@@ -48,8 +54,19 @@ def parameter_role(model: nn.Module, name: str) -> str:
     )
 
 
+def official_name(name: str) -> str:
+    """A parameter's name in the official model: the vision tower in OpenAI-CLIP naming, the downstream heads'
+    submodules as their nn.Sequential indices ("vqa_classifier.LayerNorm.weight" -> "vqa_classifier.1.weight");
+    other names are the same there."""
+    top, _, rest = name.partition(".")
+    if top in DOWNSTREAM_HEADS:
+        module, _, tail = rest.partition(".")
+        return f"{top}.{OFFICIAL_HEAD_INDEX.get(module, module)}.{tail}"
+    return official_vision_name(name)
+
+
 def applies_weight_decay(name: str) -> bool:
-    return not any(pattern in official_vision_name(name) for pattern in NO_DECAY)
+    return not any(pattern in official_name(name) for pattern in NO_DECAY)
 
 
 def freeze_towers(model: nn.Module, text: bool = False, vision: bool = False) -> None:

@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -39,6 +35,7 @@ from bridgetower_gaudi.training.pretrain import build_trainer, main, parse_args,
 from bridgetower_gaudi.training.trainer import NonFiniteStepsError
 from tests.conftest import tiny_config
 from tests.data_files import color_image, write_tar
+from tests.processes import failure_report, python_script, run_checked, run_killed_at, torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--synthetic_train_size", "64",
@@ -318,36 +315,56 @@ def test_truncated_incomplete_and_foreign_checkpoints_are_refused_naming_the_fil
     _refused(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere"), match="is not a folder")
 
 
-def test_sigkill_during_a_save_leaves_only_complete_checkpoints(tmp_path):
-    """A real kill: a run saving every step is SIGKILLed 0-50 ms after a save is seen starting (its staging folder
-    exists; a save takes ~40 ms here, so the kill lands anywhere in it or just after); every checkpoint-N folder
-    left is complete and loads, and the last one resumes."""
+KILL_RUN = ["--do_train", "--max_steps", "5", "--save_total_limit", "2", "--resume_from_checkpoint", "auto", *SAVING]
+# phase: (the step it is killed at, the checkpoints left, the hidden remains left beside them)
+KILLS = {
+    "mid_step": (4, [2, 3], []),
+    "mid_save": (4, [2, 3], [".tmp-checkpoint-4"]),  # checkpoint-4 written in its staging folder, not renamed
+    "mid_rotation": (4, [3, 4], [".deleting-checkpoint-2"]),  # renamed out of checkpoint-*, not yet deleted
+    "mid_final_save": (5, [4, 5], [".tmp-model"]),  # some final files moved into place, config.json not yet
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / "out"
+    main(["--output_dir", str(output_dir), *KILL_RUN])
+    return load_file(output_dir / "model.safetensors")
+
+
+@pytest.mark.parametrize("phase", list(KILLS))
+def test_a_sigkill_at_each_phase_leaves_only_complete_checkpoints_and_resumes_exactly(
+    tmp_path, phase, uninterrupted_weights
+):
+    """A real SIGKILL at a named phase (BRIDGETOWER_KILL_AT, see training/kill_points.py) of a run saving every
+    step with --save_total_limit 2: the kill lands where it was meant (its marker, and what it left), every
+    checkpoint-N folder left is complete and loads, and the same command resumes to the uninterrupted run's weights,
+    leaving only complete checkpoints and no remains."""
     output_dir = tmp_path / "out"
-    command = [sys.executable, os.path.join(ROOT, "run_scripts", "run_pretrain.py"), "--output_dir", str(output_dir),
-               "--do_train", "--max_steps", "100000", "--save_total_limit", "3", *SAVING]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            names = os.listdir(output_dir) if output_dir.is_dir() else []
-            if any(n.startswith(".tmp-checkpoint-") and n != ".tmp-checkpoint-1" for n in names):
-                break  # a save (not the first) is under way
-            time.sleep(0.002)  # a save takes ~40 ms: polling every 2 ms sees it without taking a core from the run
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(random.uniform(0.0, 0.05))
-        process.kill()
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stderr.close()
-    steps = [_assert_complete(output_dir / name) for name in _checkpoints(output_dir)]
-    assert steps, os.listdir(output_dir)
-    results = main(["--output_dir", str(output_dir), "--do_train", "--max_steps", str(steps[-1] + 1), *SAVING,
-                    "--resume_from_checkpoint", str(output_dir / f"checkpoint-{steps[-1]}")])  # fmt: skip
-    assert math.isfinite(results["train_loss"])
-    assert _assert_complete(output_dir / f"checkpoint-{steps[-1] + 1}") == steps[-1] + 1
+    flags = ["--output_dir", str(output_dir), *KILL_RUN]
+    step, left, remains = KILLS[phase]
+    run_killed_at(python_script("run_scripts/run_pretrain.py", *flags), phase, step)
+    assert _checkpoints(output_dir) == [f"checkpoint-{n}" for n in left]
+    assert [_assert_complete(output_dir / f"checkpoint-{n}") for n in left] == left
+    assert sorted(p.name for p in output_dir.glob(".*")) == remains
+    if phase == "mid_save":  # cut after the weights were written
+        assert (output_dir / ".tmp-checkpoint-4" / "checkpoint-4" / "model.safetensors").is_file()
+    if phase == "mid_final_save":
+        assert not (output_dir / "config.json").exists() and (output_dir / ".tmp-model" / "config.json").is_file()
+
+    main(flags)  # the same command: resumes from the newest checkpoint
+    assert _checkpoints(output_dir) == ["checkpoint-4", "checkpoint-5"]
+    assert [_assert_complete(output_dir / name) for name in _checkpoints(output_dir)] == [4, 5]
+    assert sorted(p.name for p in output_dir.glob(".*")) == []  # the remains were cleared
+    weights = load_file(output_dir / "model.safetensors")
+    assert sorted(weights) == sorted(uninterrupted_weights)
+    assert [name for name in weights if not weights[name].equal(uninterrupted_weights[name])] == []
+
+
+def test_a_malformed_kill_point_is_refused_naming_the_phases(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGETOWER_KILL_AT", "mid_svae:3")
+    with pytest.raises(ValueError, match="BRIDGETOWER_KILL_AT='mid_svae:3'.*mid_step, mid_save, mid_rotation"):
+        main(["--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1", *SHORT])
 
 
 # --- non-finite steps ----------------------------------------------------------------------------------------------
@@ -432,12 +449,10 @@ def test_more_nonfinite_steps_than_allowed_stop_the_run_with_the_fix(tmp_path):
 def test_deepspeed_skips_nonfinite_steps_and_counts_them(tmp_path, zero_stage):
     """Under DeepSpeed (one torchrun process) a NaN loss (NaN gradients) and a NaN loss with finite gradients are
     both skipped by its ZeRO optimizer and counted; the weights stay finite (tests/deepspeed_nonfinite.py)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port",
-               str(29570 + zero_stage), os.path.join(ROOT, "tests", "deepspeed_nonfinite.py"),
-               os.path.join(ROOT, "run_scripts", f"ds_zero{zero_stage}.json"), str(tmp_path / "out")]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert "DEEPSPEED NONFINITE OK" in done.stdout, (done.stdout[-2000:], done.stderr[-4000:])
+    ds_config = os.path.join(ROOT, "run_scripts", f"ds_zero{zero_stage}.json")
+    command = torchrun(1, os.path.join(ROOT, "tests", "deepspeed_nonfinite.py"), ds_config, str(tmp_path / "out"))
+    done = run_checked(command)
+    assert "DEEPSPEED NONFINITE OK" in done.stdout, failure_report(done)
 
 
 # --- the final model -----------------------------------------------------------------------------------------------
@@ -478,12 +493,9 @@ def test_two_ranks_on_uneven_shards_run_the_same_steps_and_evaluation_batches(tm
         write_tar(data / f"{name}.tar", start, count, caption_of=lambda i: "a red circle on the left")
     tokenizer = tmp_path / "tokenizer"
     synthetic_tokenizer().save_pretrained(tokenizer)
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29577",
-               os.path.join(ROOT, "tests", "streaming_ranks.py"), str(data), str(tokenizer),
-               str(tmp_path / "out")]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    command = torchrun(2, os.path.join(ROOT, "tests", "streaming_ranks.py"), str(data), str(tokenizer),
+                       str(tmp_path / "out"))  # fmt: skip
+    done = run_checked(command, timeout=300)
     lines = sorted(line.split(maxsplit=2)[2] for line in done.stdout.splitlines() if line.startswith("RANK "))
     assert len(lines) == 2 and lines[0] == lines[1], done.stdout
     assert lines[0].startswith("steps 6 epochs 2 eval_batches 1 "), lines  # 6 steps = 3 data epochs of 2 batches

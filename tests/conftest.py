@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 import transformers
+from hypothesis import settings
 
 from bridgetower_gaudi import PRESETS, BridgeTowerConfig
 
@@ -15,6 +16,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One torch thread per test process: on 2 cores more threads fight the data-loader workers, and the training tests'
 # trajectories (and so their learned-accuracy assertions) then depend on the machine's core count.
 torch.set_num_threads(1)
+
+# Hypothesis (tests/test_properties.py): the same inputs on every run by default (CI: a rare input cannot fail one
+# run and pass the next, and a fresh clone has no example database); `HYPOTHESIS_PROFILE=random` draws new inputs
+# for local exploration and prints the blob that reproduces a failure (@reproduce_failure).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("random", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
 # The LayerNorm epsilons transformers' BridgeTower uses (ours default to the official 1e-12 in the cross-modal layers

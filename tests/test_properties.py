@@ -30,6 +30,7 @@ from bridgetower_gaudi.data import (
 from bridgetower_gaudi.data.images import TRANSFORMS
 
 SIZE, LENGTH = 32, 16
+# Derandomised unless HYPOTHESIS_PROFILE=random (tests/conftest.py): every CI run draws the same inputs.
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOKENIZER = synthetic_tokenizer()
 MODES = ("1", "L", "P", "RGB", "RGBA", "CMYK", "LA", "I;16", "I", "F", "YCbCr", "HSV")
@@ -188,3 +189,8 @@ def test_the_task_collator_stacks_every_tensor_and_drops_the_rest(examples):
     assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "false_pixel_values"}
     assert batch["input_ids"].shape == (len(examples), LENGTH)
     assert batch["pixel_values"].shape == (len(examples), 3, SIZE, SIZE)
+
+
+def test_the_properties_draw_the_same_inputs_on_every_run_unless_asked_not_to():
+    ci = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci"
+    assert PROPERTY.derandomize == ci and (PROPERTY.database is None) == ci and PROPERTY.print_blob

@@ -36,9 +36,19 @@ def _help_text(node: ast.expr) -> str:
         return ast.unparse(node)
 
 
+def _module_files(path: str) -> list[Path]:
+    """PATH itself, or every module of the package PATH names (a module split into a package keeps its marker)."""
+    file, package = ROOT / path, ROOT / path.removesuffix(".py")
+    return [file] if file.is_file() else sorted(package.rglob("*.py")) if package.is_dir() else []
+
+
 def dataclass_table(path: str, class_name: str) -> str:
-    tree = ast.parse((ROOT / path).read_text())
-    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    classes = [
+        node
+        for file in _module_files(path)
+        for node in ast.parse(file.read_text()).body
+        if isinstance(node, ast.ClassDef) and node.name == class_name
+    ]
     if not classes:
         raise ValueError(f"docs flag table: no class {class_name} in {path}; fix the marker in docs/reference/cli.md")
     rows = ["| flag | type | default | what |", "| --- | --- | --- | --- |"]
@@ -56,8 +66,8 @@ def dataclass_table(path: str, class_name: str) -> str:
                 for key, value in zip(metadata.keys, metadata.values, strict=True):
                     if isinstance(key, ast.Constant) and key.value == "help":
                         help_text = _help_text(value)
-        kind = _cell(ast.unparse(stmt.annotation))
-        rows.append(f"| `--{stmt.target.id}` | `{kind}` | {_cell(_literal(default))} | {_cell(help_text)} |")
+        kind = ast.unparse(stmt.annotation).replace(" | ", " or ")  # a `|` would split the table's cell
+        rows.append(f"| `--{stmt.target.id}` | {_cell(kind)} | {_cell(_literal(default))} | {_cell(help_text)} |")
     return "\n".join(rows)
 
 

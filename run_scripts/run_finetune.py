@@ -4,7 +4,7 @@
 python run_scripts/run_finetune.py --task vqa --model_name_or_path CKPT --dataset_format vqa_v2 ...
 python run_scripts/run_finetune.py --task nlvr2 --config_name tiny --do_train --do_eval --output_dir out  # synthetic
 python run_scripts/run_finetune.py --task retrieval --help        # every flag of a task
-Tasks: itm, mlm, retrieval, vqa, snli_ve, nlvr2 (README: "Fine-tuning").
+Tasks: itm, mlm, retrieval, vqa, snli_ve, nlvr2 (docs/guides/fine-tuning.md).
 """
 
 import os

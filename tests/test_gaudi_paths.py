@@ -78,7 +78,8 @@ def test_run_pretrain_sets_lazy_mode_before_torch_is_imported():
 
 def _gaudi_args(**overrides):
     fields = dict(use_habana=True, use_lazy_mode=True, torch_compile=False, torch_compile_backend=None,
-                  mediapipe_dataloader=False, flash_attention_recompute=False, attn_implementation=None)  # fmt: skip
+                  mediapipe_dataloader=False, flash_attention_recompute=False, attn_implementation=None,
+                  deepspeed=None, use_hpu_graphs_for_training=False, world_size=1)  # fmt: skip
     return SimpleNamespace(**{**fields, **overrides})
 
 
@@ -228,20 +229,32 @@ def test_deepspeed_configs_follow_optimum_habanas_gaudi_configs():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         hpu_extra = tomllib.load(f)["project"]["optional-dependencies"]["hpu"]
     assert not any(dep.startswith("deepspeed") for dep in hpu_extra)
-    for path in ("Dockerfile", os.path.join("run_scripts", "setup.sh"), "README.md"):
-        with open(os.path.join(ROOT, path)) as f:
-            assert "git+https://github.com/HabanaAI/DeepSpeed.git@" in f.read(), path
 
 
-# (10) setup.sh --hpu keeps the image's torch / habana packages through a constraints file.
-def test_setup_hpu_pins_the_installed_torch_and_habana_packages(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, SETUP_DRY_RUN="1", SETUP_CONSTRAINTS=str(tmp_path / "c.txt"))
+# (10) setup.sh --hpu keeps the image's torch / habana packages through a constraints file, and installs Habana's
+# DeepSpeed fork at the image's Synapse release (the version table's when the image does not say).
+@pytest.mark.parametrize("plugin, release", [(None, device.GAUDI_STACK["synapse"]), ("1.23.0.543", "1.23.0")])
+def test_setup_hpu_pins_the_image_and_installs_habanas_deepspeed_at_its_release(tmp_path, plugin, release):
+    path = os.environ.get("PYTHONPATH", "")
+    if plugin:  # what Intel's image has: habana-torch-plugin, whose version is the Synapse release
+        info = tmp_path / "image" / f"habana_torch_plugin-{plugin}.dist-info"
+        info.mkdir(parents=True)
+        info.joinpath("METADATA").write_text(f"Metadata-Version: 2.1\nName: habana-torch-plugin\nVersion: {plugin}\n")
+        path = os.pathsep.join(filter(None, [str(tmp_path / "image"), path]))
+    constraints = tmp_path / "c.txt"
+    env = dict(os.environ, PYTHON=sys.executable, SETUP_DRY_RUN="1", SETUP_CONSTRAINTS=str(constraints),
+               PYTHONPATH=path)  # fmt: skip
     done = subprocess.run(["bash", os.path.join(ROOT, "run_scripts", "setup.sh"), "--hpu"], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    constraints = (tmp_path / "c.txt").read_text().lower().split()
-    assert f"torch=={torch.__version__}".lower() in constraints
-    assert "-c" in done.stdout and ".[hpu]" in done.stdout
+    pinned = constraints.read_text().lower().split()
+    assert f"torch=={torch.__version__}".lower() in pinned
+    assert (f"habana-torch-plugin=={plugin}" in pinned) == bool(plugin)
+    pip = f"{sys.executable} -m pip install --quiet -c {constraints}"
+    assert done.stdout.splitlines()[1:] == [
+        f"{pip} -e .[hpu]",
+        f"{pip} git+https://github.com/HabanaAI/DeepSpeed.git@{release}",
+    ]
 
 
 # Docker smoke command works on CPU too.
@@ -260,3 +273,129 @@ def test_device_package_imports_nothing_from_training():
             with open(os.path.join(folder, name)) as f:
                 source = f.read()
             assert "..training" not in source and "bridgetower_gaudi.training" not in source, name
+
+
+# Issue 20 (2): a container that cannot write fails at once, naming the folder, before anything is built or written.
+def _refuse_writes_under(monkeypatch, folder):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: path != str(folder) and real_access(path, mode))
+
+
+def test_unwritable_output_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    folder = tmp_path / "mounted-by-docker"
+    folder.mkdir()
+    _refuse_writes_under(monkeypatch, folder)
+    flags = ["--do_train", "--max_steps", "1", "--synthetic_train_size", "8", "--report_to", "none"]
+    with pytest.raises(ValueError, match=f"--output_dir '{folder / 'run'}' is not writable.*{folder}.*--user"):
+        pretrain.main(["--output_dir", str(folder / "run"), *flags])
+    assert not os.listdir(folder)
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    assert "is a file" in device.unwritable_directory_problem(str(afile / "run"), "--output_dir")
+    assert device.unwritable_directory_problem(str(tmp_path / "new" / "run"), "--output_dir") is None
+
+
+def test_unwritable_habana_log_folder_is_refused_on_gaudi(tmp_path, monkeypatch):
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "1")
+    monkeypatch.setenv("HABANA_LOGS", str(tmp_path / "habana_logs"))
+    device.check_gaudi_arguments(_gaudi_args())  # created on first use: its parent is writable
+    _refuse_writes_under(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match="HABANA_LOGS .*habana_logs.* is not writable"):
+        device.check_gaudi_arguments(_gaudi_args())
+
+
+# Issue 20 (3): --deepspeed on Gaudi needs Habana's fork at the Synapse release, named with its install command.
+@pytest.mark.parametrize(
+    "deepspeed, problem",
+    [
+        ("0.19.8", "is not Habana's fork"),
+        (None, "DeepSpeed is not installed"),
+        ("0.16.1+hpu.synapse.v1.22.0", "built for Synapse 1.22.0, this machine runs Synapse 1.24.0"),
+        ("0.16.1+hpu.synapse.v1.24.0", None),
+    ],
+)
+def test_deepspeed_on_gaudi_must_be_habanas_fork(monkeypatch, deepspeed, problem):
+    versions = {"deepspeed": deepspeed, "habana-torch-plugin": "1.24.0"}
+    monkeypatch.setattr(device, "installed_version", versions.get)
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "1")
+    monkeypatch.delenv("HABANA_LOGS", raising=False)
+    if problem is None:
+        device.check_gaudi_arguments(_gaudi_args(deepspeed="ds.json"))
+        return
+    with pytest.raises(ValueError, match=problem) as error:
+        device.check_gaudi_arguments(_gaudi_args(deepspeed="ds.json"))
+    assert "python -m pip install git+https://github.com/HabanaAI/DeepSpeed.git@1.24.0" in str(error.value)
+    device.check_gaudi_arguments(_gaudi_args())  # without --deepspeed nothing is asked of DeepSpeed
+
+
+def test_no_extra_for_gaudi_pulls_pypis_deepspeed():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert extras["hpu"] == [f"optimum-habana=={device.GAUDI_STACK['optimum-habana']}"]
+    assert "deepspeed" not in extras  # `.[hpu,deepspeed]` would put PyPI's over Habana's fork
+
+
+# Issue 20 (4): HPU graphs for training with ITC across cards need lazy collectives, set before the run starts.
+def test_hpu_graphs_with_itc_across_cards_need_lazy_collectives(tmp_path, monkeypatch, gaudi_as_plain):
+    monkeypatch.delenv("PT_HPU_ENABLE_LAZY_COLLECTIVES", raising=False)
+    monkeypatch.setattr(BridgeTowerTrainingArguments, "world_size", 8)
+    flags = ["--use_habana", "--use_hpu_graphs_for_training", "--do_train", "--objectives", "mlm,itm,itc",
+             "--report_to", "none", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    model_args, data_args, pretraining_args, args = pretrain.parse_args(flags)
+    with pytest.raises(ValueError, match="PT_HPU_ENABLE_LAZY_COLLECTIVES=true"):
+        pretrain.build_trainer(model_args, data_args, pretraining_args, args)
+    assert not os.path.exists(tmp_path / "run")
+    graphs = SimpleNamespace(use_habana=True, use_hpu_graphs_for_training=True, world_size=8)
+    assert device.lazy_collectives_problem(graphs, collectives_in_forward=False) is None  # no ITC: no all-gather
+    assert device.lazy_collectives_problem(SimpleNamespace(**{**vars(graphs), "world_size": 1}), True) is None
+    monkeypatch.setenv("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")
+    assert device.lazy_collectives_problem(graphs, collectives_in_forward=True) is None
+
+
+# Issue 20 (5): every flag of optimum-habana's run_bridgetower.py is accepted and applied, or refused with why.
+def test_run_bridgetower_flags_are_applied(tmp_path, monkeypatch):
+    import huggingface_hub
+    from transformers import AutoTokenizer
+
+    downloads, loads = [], []
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "part").mkdir(parents=True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, **kw: downloads.append((repo, kw)) or str(snapshot))  # fmt: skip
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda source, **kw: loads.append((source, kw)) or 1 / 0)
+    model_args, data_args, pretraining_args, args = pretrain.parse_args(
+        ["--output_dir", str(tmp_path), "--dataset_name", "org/pairs", "--dataset_revision", "v2", "--data_dir",
+         "part", "--use_fast_tokenizer", "False", "--freeze_text_pooler", "True", "--tokenizer_name", "tok"]
+    )  # fmt: skip
+    run_module.resolve_dataset_location(data_args, args.dataset_revision, args.data_dir, None, None)
+    assert downloads == [("org/pairs", {"repo_type": "dataset", "revision": "v2", "cache_dir": None, "token": None})]
+    assert data_args.dataset_name == str(snapshot / "part")
+    with pytest.raises(ZeroDivisionError):
+        run_module.load_tokenizer(model_args, data_args, use_fast=args.use_fast_tokenizer)
+    assert loads == [("tok", {"use_fast": False})]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--overwrite_cache"], "caches no preprocessed data set"),
+        (["--preprocessing_num_workers", "4"], "use --dataloader_num_workers 4"),
+        (["--freeze_text_pooler", "False"], "never uses the text tower's own pooler"),
+        (["--data_dir", "part"], "apply to --dataset_name"),
+    ],
+)
+def test_run_bridgetower_flags_we_cannot_honour_say_why(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain.main(["--output_dir", str(tmp_path / "run"), "--do_train", "--report_to", "none", *flags])
+    assert not os.path.exists(tmp_path / "run")
+
+
+# Issue 20 (6): --use_flash_attention and another --attn_implementation conflict: refused, not resolved silently.
+@pytest.mark.parametrize("habana", [[], ["--use_habana"]])
+def test_flash_attention_and_another_attn_implementation_conflict(tmp_path, gaudi_as_plain, habana):
+    with pytest.raises(ValueError, match="keep one of the two flags"):
+        pretrain.parse_args([*habana, "--use_flash_attention", "--attn_implementation", "sdpa",
+                             "--output_dir", str(tmp_path)])  # fmt: skip
+    *_, args = pretrain.parse_args(["--use_habana", "--use_flash_attention", "--attn_implementation",
+                                    GAUDI_ATTENTION, "--output_dir", str(tmp_path)])  # fmt: skip
+    assert args.attn_implementation == GAUDI_ATTENTION

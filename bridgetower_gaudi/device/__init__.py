@@ -7,6 +7,7 @@ is given: `import optimum.habana` fails on machines without Intel Gaudi software
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 
@@ -14,6 +15,14 @@ import torch
 from transformers.utils import is_torch_hpu_available
 
 from .flags import HPU_ONLY_FLAGS
+
+# The one Gaudi software stack this package is written and checked against: docs/guides/gaudi.md shows it, and the
+# Dockerfile's build arguments, setup.sh and pyproject's hpu extra must agree with it (tests/test_docker.py).
+# synapse: what optimum-habana 1.21.2 validates (utils/misc.py CURRENTLY_VALIDATED_SYNAPSE_VERSION); torch: the build
+# in Intel's 1.24.0 image (pytorch-installer-2.10.0); deepspeed: HabanaAI/DeepSpeed's branch for that Synapse, which
+# installs as deepspeed X.Y.Z+hpu.synapse.v1.24.0.
+GAUDI_STACK = {"synapse": "1.24.0", "torch": "2.10.0", "optimum-habana": "1.21.2", "deepspeed": "1.24.0"}
+HABANA_DEEPSPEED_URL = "git+https://github.com/HabanaAI/DeepSpeed.git@{synapse}"
 
 # Shipped inside the package (wheel and image installs have no run_scripts/): Habana/clip's three keys.
 DEFAULT_GAUDI_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaudi_config.json")
@@ -56,6 +65,85 @@ def require_use_habana_on_hpu(use_habana: bool, use_cpu: bool) -> None:
             "this machine has Gaudi (HPU) devices: add --use_habana to train on them with GaudiTrainer "
             "(or --use_cpu to train on the CPU on purpose)."
         )
+
+
+def installed_version(package: str) -> str | None:
+    """The installed distribution's version, or None."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def synapse_version() -> str | None:
+    """The Intel Gaudi software (Synapse) version: habana-torch-plugin's, as optimum-habana reads it."""
+    return installed_version("habana-torch-plugin")
+
+
+def habana_deepspeed_install_command() -> str:
+    """pip's command for Habana's DeepSpeed fork at this machine's Synapse version (the table's when unknown)."""
+    synapse = synapse_version() or GAUDI_STACK["synapse"]
+    release = ".".join(synapse.split(".")[:2]) + ".0"  # the fork's branches are named major.minor.0
+    return "python -m pip install " + HABANA_DEEPSPEED_URL.format(synapse=release)
+
+
+def habana_deepspeed_problem() -> str | None:
+    """None when the installed DeepSpeed is Habana's fork built for this Synapse release; else what is wrong, with
+    the install command. The fork's version carries `+hpu.synapse.vX.Y.Z` (e.g. 0.16.1+hpu.synapse.v1.22.0);
+    PyPI's DeepSpeed has no HPU ZeRO / bf16 support validated by Intel."""
+    version = installed_version("deepspeed")
+    fix = f"install Habana's fork: {habana_deepspeed_install_command()}"
+    if version is None:
+        return f"--deepspeed on Gaudi: DeepSpeed is not installed; {fix}."
+    _, marker, fork_synapse = version.partition("+hpu.synapse.v")
+    if not marker:
+        return (
+            f"--deepspeed on Gaudi: the installed DeepSpeed {version} is not Habana's fork (its version would end in "
+            f"+hpu.synapse.v<Synapse>); {fix} (it replaces the PyPI package)."
+        )
+    synapse = synapse_version()
+    if synapse and fork_synapse.split(".")[:2] != synapse.split(".")[:2]:
+        return (
+            f"--deepspeed on Gaudi: Habana's DeepSpeed {version} is built for Synapse {fork_synapse}, this machine "
+            f"runs Synapse {synapse}; {fix}."
+        )
+    return None
+
+
+def unwritable_directory_problem(path: str, what: str) -> str | None:
+    """None when `path` can be written (created when missing: its nearest existing parent must be writable); else
+    which directory is not and the fix. Checked before anything is written, so a container that cannot write fails
+    at once instead of after the model is built."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{what} {path!r} cannot be created: {existing!r} is a file, not a directory; choose another path."
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    uid = os.getuid() if hasattr(os, "getuid") else "?"
+    return (
+        f"{what} {path!r} is not writable by this process (user id {uid}): {existing!r} does not let it create or "
+        "write files. In Docker, create the host folder before `docker run -v` (Docker creates missing ones as root) "
+        'and start the container with --user "$(id -u):$(id -g)" (docs/guides/docker.md), or choose a writable path.'
+    )
+
+
+def lazy_collectives_problem(args, collectives_in_forward: bool) -> str | None:
+    """HPU graphs replay collectives recorded inside the forward (ITC's all-gather across ranks) only with lazy
+    collectives on (Habana's HPU-graph docs: PT_HPU_ENABLE_LAZY_COLLECTIVES=true), which the Gaudi bridge reads when
+    it starts: it must be in the environment before the run starts, so a missing one is refused with the fix."""
+    if not (getattr(args, "use_habana", False) and getattr(args, "use_hpu_graphs_for_training", False)):
+        return None
+    if not collectives_in_forward or args.world_size <= 1:
+        return None
+    if os.environ.get("PT_HPU_ENABLE_LAZY_COLLECTIVES", "").lower() in ("true", "1"):
+        return None
+    return (
+        "--use_hpu_graphs_for_training with ITC on several cards records the all-gather of the ITC features inside "
+        "the HPU graph, which needs lazy collectives: export PT_HPU_ENABLE_LAZY_COLLECTIVES=true before starting "
+        "(docs/guides/gaudi.md), or drop --use_hpu_graphs_for_training."
+    )
 
 
 def missing_gaudi_software() -> list[str]:
@@ -113,6 +201,11 @@ def check_gaudi_arguments(args) -> None:
         raise ValueError("--flash_attention_recompute needs --use_flash_attention (Habana's fused SDPA).")
     if not args.use_habana:
         return
+    if getattr(args, "deepspeed", None) and (problem := habana_deepspeed_problem()):
+        raise ValueError(problem)
+    logs = os.environ.get("HABANA_LOGS")  # Intel's images: /var/log/habana_logs/, owned by root
+    if logs and (problem := unwritable_directory_problem(logs, "HABANA_LOGS (the Gaudi runtime's log folder)")):
+        raise ValueError(problem)
     lazy_env = os.environ.get("PT_HPU_LAZY_MODE")
     if args.use_lazy_mode and lazy_env != "1":
         # Synapse 1.24 runs eager unless PT_HPU_LAZY_MODE=1 is set before torch is imported; HPU graphs need lazy.

@@ -44,3 +44,22 @@ class ExampleScriptArguments:
     )
     freeze_vision_model: bool = field(default=False, metadata={"help": "Same as --freeze_vision_tower."})
     freeze_text_model: bool = field(default=False, metadata={"help": "Same as --freeze_text_tower."})
+    freeze_text_pooler: bool = field(
+        default=True,
+        metadata={"help": "The text tower's own pooler: BridgeTower never uses it, so it is always frozen."},
+    )
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Load the fast (Rust) tokenizer when there is one."}
+    )
+    dataset_revision: str = field(
+        default="main", metadata={"help": "Hub revision (branch, tag, commit) of --dataset_name."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Sub-folder of --dataset_name (a Hub data set or a local folder) to read."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Refused: no preprocessed data set is cached (examples are built as read)."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Refused: examples are built in the loader; use --dataloader_num_workers."}
+    )

@@ -23,10 +23,12 @@ from ..device import (
     GaudiSoftwareMissing,
     backend_name,
     gaudi_training_arguments_class,
+    lazy_collectives_problem,
     parsing_context,
     require_use_habana_on_hpu,
     resolve_training_arguments,
     share_cpu_cores_with_loader_workers,
+    unwritable_directory_problem,
 )
 from ..modeling import PRESETS, BridgeTowerConfig
 from ..modeling.backbones import set_image_size
@@ -49,6 +51,7 @@ class DeviceSwitches:
     bf16: bool = False
     fp16: bool = False
     use_flash_attention: bool = False
+    attn_implementation: str | None = None
     gaudi_config_name: str | None = None
 
 
@@ -83,6 +86,11 @@ def parse_args(argv: list[str] | None, task, training_arguments_class=None, defa
     extra = {}
     if switches.use_habana and not switches.gaudi_config_name:
         extra["gaudi_config_name"] = DEFAULT_GAUDI_CONFIG
+    if switches.use_flash_attention and switches.attn_implementation not in (None, GAUDI_ATTENTION):
+        raise RunFlagError(
+            f"--use_flash_attention selects Habana's fused SDPA ({GAUDI_ATTENTION}) and --attn_implementation "
+            f"{switches.attn_implementation} another kernel: keep one of the two flags."
+        )
     if switches.use_habana and switches.use_flash_attention:
         extra["attn_implementation"] = GAUDI_ATTENTION
     if switches.bf16 and not (switches.use_habana or switches.use_cpu or torch.cuda.is_available()):
@@ -119,12 +127,13 @@ def parse_overrides(text: str | None) -> dict:
     return overrides
 
 
-def load_tokenizer(model_args: ModelArguments, data_args: DataArguments, task_words: bool = False):
-    """The checkpoint's (or `--tokenizer_name`'s) tokenizer; on synthetic data without one, the synthetic word
-    tokenizer (with the downstream tasks' question words when `task_words`)."""
+def load_tokenizer(model_args: ModelArguments, data_args: DataArguments, task_words: bool = False,
+                   use_fast: bool = True):  # fmt: skip
+    """The checkpoint's (or `--tokenizer_name`'s) tokenizer (the fast one unless `use_fast` is off); on synthetic data
+    without one, the synthetic word tokenizer (with the downstream tasks' question words when `task_words`)."""
     source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.text_model_name_or_path
     if source:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, use_fast=use_fast)
     if data_args.dataset_format == "synthetic":
         return synthetic_tokenizer(task_words, relations=data_args.synthetic_task == "relations")
     raise ValueError("no tokenizer: pass --tokenizer_name (or a checkpoint with one) for this data set.")
@@ -185,17 +194,22 @@ def resolve_resume(args) -> None:
 
 def build_trainer(task, model_args, data_args, task_args, args):
     """Model, data, collators, metrics and trainer for already-resolved arguments (Trainer or GaudiTrainer)."""
+    if problem := unwritable_directory_problem(args.output_dir, "--output_dir"):
+        raise RunFlagError(problem)  # before anything is built or written: a container without a writable volume
     resolve_resume(args)
     check_run_flags(model_args, data_args, task_args, args)  # before anything is built or written
     args.dataloader_drop_last = True  # static shapes: every batch the same size (HPU graphs, compile)
     args.remove_unused_columns = False
     set_seed(args.seed)
     task.resolve(task_args, data_args)
+    task.resolve_batch(args, data_args)  # the recipe's total batch via gradient accumulation, before the Trainer
+    if problem := lazy_collectives_problem(args, "itc" in getattr(task_args, "objective_list", ())):
+        raise RunFlagError(problem)
     if args.do_predict and type(task).predict is Task.predict:
         task.predict(None, None, args.output_dir)  # says that this task has no prediction step, before training
     if threads := share_cpu_cores_with_loader_workers(args):
         logger.info("CPU: %d torch threads, one core left to each data-loader worker", threads)
-    tokenizer = load_tokenizer(model_args, data_args, task.synthetic_task_words)
+    tokenizer = load_tokenizer(model_args, data_args, task.synthetic_task_words, args.use_fast_tokenizer)
     model = task.build_model(model_args, task_args, data_args, tokenizer)
     freeze_towers(model, task_args.freeze_text_tower, task_args.freeze_vision_tower)
     model.config.image_transform = data_args.image_transform  # saved: inference uses its evaluation counterpart
@@ -293,6 +307,7 @@ def main(argv: list[str] | None, task, default_args: list[str] | None = None) ->
     if not (args.do_train or args.do_eval or args.do_predict):  # would build the model, then write nothing
         raise RunFlagError(nothing_to_run_problem())
     apply_example_flags(model_args, task_args, args)
+    resolve_dataset_location(data_args, args.dataset_revision, args.data_dir, args.cache_dir, args.token)
     trainer = build_trainer(task, model_args, data_args, task_args, args)
     limit_samples(trainer, args)
     return run(trainer)
@@ -304,6 +319,21 @@ def apply_example_flags(model_args: ModelArguments, task_args: RecipeArguments, 
         raise ValueError(
             "--image_processor_name: bridgetower_gaudi builds its own image transforms (CLIP normalisation, "
             "--image_size, --image_transform); drop the flag."
+        )
+    if args.overwrite_cache:
+        raise ValueError(
+            "--overwrite_cache: bridgetower_gaudi caches no preprocessed data set (images and captions are turned "
+            "into examples as they are read), so there is nothing to overwrite; drop the flag."
+        )
+    if args.preprocessing_num_workers is not None:
+        raise ValueError(
+            "--preprocessing_num_workers: examples are built inside the data loader, not in a preprocessing pass; "
+            f"use --dataloader_num_workers {args.preprocessing_num_workers} instead."
+        )
+    if not args.freeze_text_pooler:
+        raise ValueError(
+            "--freeze_text_pooler False: BridgeTower never uses the text tower's own pooler (it pools in the "
+            "cross-modal encoder), so that pooler stays frozen; drop the flag."
         )
     task_args.freeze_vision_tower |= args.freeze_vision_model
     task_args.freeze_text_tower |= args.freeze_text_model
@@ -328,6 +358,28 @@ def resolve_hub_models(model_args: ModelArguments, cache_dir: str | None, revisi
         value = getattr(model_args, name)
         if value and not os.path.exists(value):
             setattr(model_args, name, snapshot_download(value, revision=revision, cache_dir=cache_dir, token=token))
+
+
+def resolve_dataset_location(data_args, revision: str, data_dir: str | None, cache_dir: str | None,
+                             token: str | None) -> None:  # fmt: skip
+    """`--dataset_revision` / `--data_dir` (optimum-habana's run_bridgetower.py flags): a Hub data set is downloaded
+    at that revision and read from the download; `--data_dir` names the sub-folder of the data set to read."""
+    if not (revision != "main" or data_dir):
+        return
+    name = data_args.dataset_name
+    if not name:
+        raise ValueError("--dataset_revision / --data_dir apply to --dataset_name: add it or drop them.")
+    if not os.path.exists(name):
+        from huggingface_hub import snapshot_download
+
+        name = snapshot_download(name, repo_type="dataset", revision=revision, cache_dir=cache_dir, token=token)
+    elif revision != "main":
+        raise ValueError(f"--dataset_revision {revision}: --dataset_name {name} is a local folder, not a Hub data set.")
+    if data_dir:
+        name = os.path.join(name, data_dir)
+        if not os.path.isdir(name):
+            raise ValueError(f"--data_dir {data_dir}: {name} is not a folder of the data set.")
+    data_args.dataset_name = name
 
 
 def limit_samples(trainer, args) -> None:

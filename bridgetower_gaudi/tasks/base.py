@@ -4,11 +4,54 @@ the same way for every task; a task holds only what differs."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..data import DataArguments, SkipLog
 from ..training.arguments import ModelArguments, RecipeArguments
+
+logger = logging.getLogger("bridgetower_gaudi")
+
+
+@dataclass
+class BatchPlan:
+    """How a run reaches its total training batch: per-device batch x devices x gradient accumulation."""
+
+    per_device: int
+    devices: int
+    accumulation: int
+    recipe_total: int | None
+
+    @property
+    def total(self) -> int:
+        return self.per_device * self.devices * self.accumulation
+
+    def describe(self) -> str:
+        text = f"{self.per_device} per device x {self.devices} devices x {self.accumulation} accumulation steps = "
+        recipe = f" (the recipe's total: {self.recipe_total})" if self.recipe_total else ""
+        return f"{text}{self.total}{recipe}"
+
+    @property
+    def warning(self) -> str | None:
+        if self.recipe_total is None or self.total == self.recipe_total:
+            return None
+        return (
+            f"training at a total batch of {self.total}, not the official {self.recipe_total} ({self.describe()}). "
+            f"Drop --gradient_accumulation_steps to have it computed, and pick a --per_device_train_batch_size that "
+            f"divides {self.recipe_total} / {self.devices} devices."
+        )
+
+
+def batch_plan(per_device: int, devices: int, recipe_total: int | None, accumulation: int | None) -> BatchPlan:
+    """The accumulation that reaches `recipe_total` (as the official run.py: total // (per-device x devices), at
+    least 1) unless `accumulation` is given."""
+    if accumulation is None:
+        if recipe_total is None:
+            raise ValueError("batch_plan needs the accumulation or a recipe total.")
+        accumulation = max(recipe_total // (per_device * devices), 1)
+    return BatchPlan(per_device, devices, accumulation, recipe_total)
 
 
 @dataclass
@@ -33,6 +76,34 @@ class Task:
     summary_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
     # Synthetic data's tokenizer also knows the downstream tasks' question words (VQA, SNLI-VE, NLVR2).
     synthetic_task_words: ClassVar[bool] = False
+    # The official total training batch (the scripts' EXP_BS, reached with gradient accumulation in their run.py);
+    # None: the task has none. The synthetic stand-ins train at the flags' batch (they are smoke tests).
+    official_total_batch: ClassVar[int | None] = None
+
+    def __init__(self):
+        # The flag names the user gave (set by the entry point): a user's --gradient_accumulation_steps is kept.
+        self.user_flags: set[str] = set()
+
+    def choose_recipe(self, argv: list[str]) -> None:
+        """Pick the recipe that depends on the user's flags (the data set) before parsing; default: the class's."""
+
+    def total_batch(self, data_args: DataArguments) -> int | None:
+        """The total training batch the recipe runs at for this data (None: the flags' batch)."""
+        if data_args.dataset_format == "synthetic" and not (data_args.train_file or data_args.dataset_name):
+            return None
+        return self.official_total_batch
+
+    def resolve_batch(self, args, data_args: DataArguments) -> None:
+        """Reach the recipe's total batch: gradient accumulation = total / (per-device batch x devices) unless the
+        user gave --gradient_accumulation_steps; log the total the run trains at, warn when it is not the recipe's."""
+        total = self.total_batch(data_args)
+        given = "gradient_accumulation_steps" in self.user_flags or total is None
+        accumulation = args.gradient_accumulation_steps if given else None
+        plan = batch_plan(args.per_device_train_batch_size, max(1, args.world_size), total, accumulation)
+        args.gradient_accumulation_steps = plan.accumulation
+        logger.info("training batch: %s", plan.describe())
+        if plan.warning:
+            warnings.warn(f"--task {self.name}: {plan.warning}", stacklevel=2)
 
     def resolve(self, task_args: RecipeArguments, data_args: DataArguments) -> None:
         """Settle defaults that depend on other flags and refuse combinations that cannot work (nothing is built

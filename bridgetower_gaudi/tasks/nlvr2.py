@@ -11,7 +11,9 @@ from .finetune import ClassificationTask, apply_paper_resolution
 
 class Nlvr2Task(ClassificationTask, Task):
     name = "nlvr2"
+    official_total_batch = 64
     recipe_flags = [
+        "--per_device_train_batch_size", "8",  # x 8 GPUs = 64 officially
         "--learning_rate", "5e-6",
         "--warmup_ratio", "0.1",
         "--weight_decay", "0.008",

@@ -13,7 +13,9 @@ LABELS = ("contradiction", "neutral", "entailment")
 
 class SnliVeTask(ClassificationTask, Task):
     name = "snli_ve"
+    official_total_batch = 64
     recipe_flags = [
+        "--per_device_train_batch_size", "8",  # x 8 GPUs = 64 officially
         "--learning_rate", "3e-6",
         "--warmup_ratio", "0.06",
         "--weight_decay", "0.01",

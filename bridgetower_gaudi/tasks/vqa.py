@@ -35,7 +35,9 @@ class VqaArguments(RecipeArguments):
 class VqaTask(Task):
     name = "vqa"
     arguments_class = VqaArguments
+    official_total_batch = 512
     recipe_flags = [
+        "--per_device_train_batch_size", "16",  # x 8 GPUs x 4 accumulation = 512 officially
         "--learning_rate", "1e-5",  # large: 4e-6
         "--warmup_ratio", "0.06",
         "--weight_decay", "0.05",
@@ -50,6 +52,7 @@ class VqaTask(Task):
     paper_resolution = {(768, 16): 576, (1024, 14): 574}
 
     def __init__(self):
+        super().__init__()
         self.answers: list[str] | None = None
 
     def answer_vocabulary(self, model_args, task_args: VqaArguments, data_args) -> list[str]:

@@ -3,6 +3,7 @@ generic run (`training.run`) with the chosen task (`bridgetower_gaudi.tasks`), i
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 
@@ -31,13 +32,25 @@ def split_task(argv: list[str]) -> tuple[str, list[str]]:
     return choice.task, rest
 
 
+def given_flags(argv: list[str]) -> set[str]:
+    """The names of the flags in `argv` (`--name value`, `--name=value`, `--name-with-dashes`), or the keys of the
+    one JSON file that holds them."""
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as f:
+            return set(json.load(f))
+    return {item[2:].split("=", 1)[0].replace("-", "_") for item in argv if item.startswith("--")}
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv in (["-h"], ["--help"]):
         print(f"run_finetune.py --task {{{','.join(FINETUNING_TASKS)}}} [flags]; --task TASK --help lists them.")
         return {}
-    task, rest = split_task(argv)
-    return _run.main(rest, get_task(task))
+    name, rest = split_task(argv)
+    task = get_task(name)
+    task.user_flags = given_flags(rest)
+    task.choose_recipe(rest)
+    return _run.main(rest, task)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,6 @@ def build_trainer(task, model_args, data_args, task_args, args):
     set_seed(args.seed)
     task.resolve(task_args, data_args)
     task.resolve_batch(args, data_args)  # the recipe's total batch via gradient accumulation, before the Trainer
-    task.resolve_batch(args, data_args)  # the recipe's total batch via gradient accumulation, before the Trainer
     if problem := lazy_collectives_problem(args, "itc" in getattr(task_args, "objective_list", ())):
         raise RunFlagError(problem)
     if args.do_predict and type(task).predict is Task.predict:

@@ -37,9 +37,13 @@ def _help_text(node: ast.expr) -> str:
 
 
 def _module_files(path: str) -> list[Path]:
-    """PATH itself, or every module of the package PATH names (a module split into a package keeps its marker)."""
-    file, package = ROOT / path, ROOT / path.removesuffix(".py")
-    return [file] if file.is_file() else sorted(package.rglob("*.py")) if package.is_dir() else []
+    """The module PATH (`.py` optional), or every module of the package of that name: a module later split into a
+    package keeps its marker."""
+    package = ROOT / path.removesuffix(".py")
+    if package.is_dir():
+        return sorted(package.rglob("*.py"))
+    module = package.with_suffix(".py")
+    return [module] if module.is_file() else []
 
 
 def dataclass_table(path: str, class_name: str) -> str:

@@ -36,6 +36,14 @@ TEXT_BACKBONES = ("roberta", "bert")
 VISION_BACKBONES = ("clip", "vit", "deit")
 
 
+def usable_text_positions(backbone: str, max_position_embeddings: int, pad_token_id: int | None) -> int:
+    """RoBERTa numbers positions from pad_token_id + 1 (max_position_embeddings - 2 with its pad id 1); BERT from
+    0."""
+    if backbone == "roberta":
+        return max_position_embeddings - (1 if pad_token_id is None else pad_token_id) - 1
+    return max_position_embeddings
+
+
 # The official init_weights: every freshly initialised weight ~ N(0, 0.02 * initializer_factor), towers included.
 INITIALIZER_RANGE = 0.02
 # The official cross-modal layers and MLM transform are BERT layers built from a RoBERTa-style BertConfig whose
@@ -113,6 +121,8 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         contrastive_hidden_size / logit_scale_init_value: the ITC heads: projection size 256 and temperature 0.07
             (logit scale ln(1/0.07)), the official values (the released ITC checkpoint says 512 in its config).
         pretraining_objectives: which objectives `BridgeTowerForPreTraining` trains ("itc" adds its heads).
+        mlm_probability: the share of tokens MLM data masks (0.15, official). It sizes the static number of
+            positions `BridgeTowerForPreTraining` decodes per batch (`mlm_decoder_capacity`).
         classifier_hidden_scale / classifier_dropout_prob: the downstream heads (VQA, SNLI-VE, NLVR2): Linear(in,
             2h x scale) -> LayerNorm -> GELU -> Linear(., num_labels) (the official two-layer head,
             `head_hidden_scale`: 2 for VQA / SNLI-VE, 1.5 for NLVR2), and dropout before it (NLVR2: 0.1).
@@ -140,6 +150,7 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         contrastive_hidden_size: int = 256,
         logit_scale_init_value: float = 2.6592,
         pretraining_objectives: tuple[str, ...] | list[str] = ("mlm", "itm"),
+        mlm_probability: float = 0.15,
         classifier_hidden_scale: float = 2.0,
         classifier_dropout_prob: float = 0.0,
         num_image_token_types: int = 1,
@@ -186,6 +197,9 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         if unknown:
             raise ValueError(f"pretraining_objectives {sorted(unknown)} unknown: choose from mlm, itm, itc.")
         self.pretraining_objectives = list(pretraining_objectives)
+        if not 0 < mlm_probability <= 1:
+            raise ValueError(f"mlm_probability={mlm_probability}: a share of the tokens, in (0, 1].")
+        self.mlm_probability = mlm_probability
 
         max_bridges = self.num_hidden_layers - 1
         self.num_bridges = max_bridges if num_bridges is None else num_bridges
@@ -227,11 +241,10 @@ class BridgeTowerConfig(HFBridgeTowerConfig):
         return self.vision_config.num_hidden_layers - int(self.vision_config.remove_last_layer)
 
     @property
-    def num_link_towers(self) -> int:
-        """Link-tower modules per modality (one shared, or one per bridge)."""
-        if self.num_bridges == 0:
-            return 0
-        return 1 if self.share_link_tower_layers else self.num_bridges
+    def text_positions(self) -> int:
+        """The longest text, in tokens ([CLS] and [SEP] included), the text tower can number."""
+        text = self.text_config
+        return usable_text_positions(self.text_backbone, text.max_position_embeddings, text.pad_token_id)
 
     @property
     def num_cross_modal_transforms(self) -> int:

@@ -1,4 +1,6 @@
-"""Cross-modal encoder layers, written on `scaled_dot_product_attention`.
+"""Cross-modal encoder layers. Attention goes through transformers' attention-function registry
+(`ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`, torch's SDPA by default), as the towers' does, so a kernel
+registered for the towers (Habana's fused SDPA under `--use_flash_attention`) serves the cross-modal layers too.
 
 Module and parameter names follow transformers' BridgeTower (`attention.self.query`, `crossattention.output.dense`,
 `intermediate.dense`, ...), so cross-modal weights load and save in its layout without renaming.
@@ -10,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import BridgeTowerConfig
 
@@ -39,6 +43,12 @@ class CrossModalSelfAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.dropout_p = config.cross_modal_attention_probs_dropout_prob
+        self.config = config  # read at call time: `_attn_implementation` names the registered kernel
+
+    def attention_function(self):
+        """The registered function of `config._attn_implementation`; torch's SDPA for names the registry lacks
+        ("eager", "sdpa": transformers keeps those per model)."""
+        return ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation) or sdpa_attention_forward
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
@@ -57,9 +67,16 @@ class CrossModalSelfAttention(nn.Module):
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
             out = F.dropout(probs, dropout_p, self.training) @ value
+            out = out.transpose(1, 2)
         else:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(hidden_states.shape[0], hidden_states.shape[1], -1)
+            if mask is not None:  # additive, in the compute dtype: what the towers hand the registered kernels too
+                mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
+                    ~mask, torch.finfo(query.dtype).min
+                )
+            out, _ = self.attention_function()(
+                self, query, key, value, mask, dropout=dropout_p, scaling=self.head_dim**-0.5, is_causal=False
+            )
+        out = out.reshape(hidden_states.shape[0], hidden_states.shape[1], -1)
         return out, probs
 
 

@@ -66,7 +66,13 @@ class BridgeTowerContrastiveOutput(ModelOutput):
 
 @dataclass
 class BridgeTowerForPreTrainingOutput(ModelOutput):
-    """`loss` = `mlm_loss` + `itm_loss` (+ `itc_loss`), each present when its objective ran."""
+    """`loss` = `mlm_loss` + `itm_loss` (+ `itc_loss`), each present when its objective ran.
+
+    The MLM decoder runs at `mlm_positions` only: `mlm_logits` is (capacity, vocab), row k scoring flat position
+    `mlm_positions[k]` of the (batch, length) captions; the masked positions come first, then unmasked ones as
+    padding (their labels are -100). `mlm_tokens_over_cap` counts masked tokens beyond the capacity, left out of
+    `mlm_loss` (see `mlm_decoder_capacity`; the pre-training collator never sends more).
+    """
 
     loss: torch.FloatTensor | None = None
     mlm_loss: torch.FloatTensor | None = None
@@ -74,6 +80,8 @@ class BridgeTowerForPreTrainingOutput(ModelOutput):
     itc_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
+    mlm_positions: torch.LongTensor | None = None
+    mlm_tokens_over_cap: torch.LongTensor | None = None
 
 
 @dataclass
@@ -377,9 +385,11 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None) -> TowerOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # A (batch, 1, keys) mask: transformers expands it as it is. A 2-D mask would go through its SDPA mask helper,
+        # whose `torch.all(mask == 1)` test reads the device (a host sync) and is a branch an HPU graph would freeze.
         out = self.text_model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=attention_mask[:, None, :],
             token_type_ids=token_type_ids,
             output_hidden_states=True,
             return_dict=True,
@@ -449,7 +459,11 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         image_token_type_idx: int = 1,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        text_features_only: bool = False,
     ) -> BridgeTowerModelOutput:
+        """The cross-modal encoder over the two towers' outputs. `text_features_only` (the MLM pass) skips what
+        only the image features and the pooled output need: the image stream's last layer and both poolers
+        (`image_features` and `pooler_output` are then None)."""
         text_mask, image_mask = attention_bias(text.mask), attention_bias(image.mask)
         x_text = self.cross_modal_text_layernorm(self.project_text(self.fed_state(text, 0), 0))
         x_image = self.cross_modal_image_layernorm(
@@ -468,15 +482,20 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             new_text, text_attn = self.cross_modal_text_layers[index](
                 x_text, x_image, text_mask, image_mask, output_attentions
             )
-            new_image, image_attn = self.cross_modal_image_layers[index](
-                x_image, x_text, image_mask, text_mask, output_attentions
-            )
-            x_text, x_image = new_text, new_image
+            if text_features_only and index == self.config.num_hidden_layers - 1:
+                x_text, x_image, image_attn = new_text, None, None
+            else:
+                new_image, image_attn = self.cross_modal_image_layers[index](
+                    x_image, x_text, image_mask, text_mask, output_attentions
+                )
+                x_text, x_image = new_text, new_image
             if output_hidden_states:
                 cross_states += ((x_text, x_image),)
             if output_attentions:
                 attentions += ((text_attn, image_attn),)
-        pooled = torch.cat([self.cross_modal_text_pooler(x_text), self.cross_modal_image_pooler(x_image)], dim=-1)
+        pooled = None
+        if not text_features_only:
+            pooled = torch.cat([self.cross_modal_text_pooler(x_text), self.cross_modal_image_pooler(x_image)], dim=-1)
         # transformers returns the vision tower's states sequence-first (its OpenAI-CLIP blocks run that way).
         vision_states = tuple(h.transpose(0, 1) for h in image.hidden_states) if output_hidden_states else None
         return BridgeTowerModelOutput(
@@ -577,6 +596,27 @@ def itc_image_embeddings(bridgetower: BridgeTowerModel, head: nn.Module, image: 
     last_cls = image.hidden_states[-1][:, :1]  # only [CLS] is needed: skip projecting the patches
     projected = bridgetower.project_image(last_cls, bridgetower.config.num_bridges)
     return F.normalize(head(projected[:, 0]), dim=-1)
+
+
+def mlm_decoder_capacity(num_positions: int, mlm_probability: float) -> int:
+    """How many positions the pre-training MLM decoder scores in a batch of `num_positions` caption tokens: a
+    static number (one graph on HPU), from the shape alone. The expected masked count plus 6 standard deviations of
+    the binomial draw plus 8, rounded up to a multiple of 8, at most every position: masking each token with
+    `mlm_probability` exceeds it with probability below 1e-9 (padding is never masked, so real batches stay further
+    below). Above it, the extra masked tokens are left out of the loss and counted (`mlm_tokens_over_cap`);
+    the pre-training collator unmasks them instead, with a warning (`tasks.pretrain.CappedMasking`)."""
+    mean = num_positions * mlm_probability
+    spread = 6 * math.sqrt(num_positions * mlm_probability * (1 - mlm_probability))
+    return min(num_positions, 8 * math.ceil((mean + spread + 8) / 8))
+
+
+def masked_positions(labels: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(capacity,) flat indices into `labels`, masked positions (label != -100) first and in order, unmasked ones
+    after as padding; and the number of masked positions that did not fit (0-dim). Static shapes, no host read."""
+    unmasked = (labels.reshape(-1) == -100).to(torch.int32)  # sort key: masked (0) before unmasked (1)
+    positions = torch.sort(unmasked, stable=True).indices[:capacity]
+    over_cap = (labels.numel() - unmasked.sum() - capacity).clamp(min=0)
+    return positions, over_cap
 
 
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -892,14 +932,11 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
     ) -> BridgeTowerForPreTrainingOutput:
         bridgetower = self.bridgetower
         top_layers = self.config.num_bridges + 1
-        image = bridgetower.encode_image(pixel_values, pixel_mask)
+        image = bridgetower.encode_image(pixel_values, pixel_mask)  # the one vision pass over the batch's images
 
-        mlm_loss = mlm_logits = None
-        if labels is not None:
-            masked_text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
-            mlm_logits = self.mlm_score(bridgetower.fuse(masked_text, image).text_features)
-            mlm_loss = _mlm_loss(mlm_logits, labels)
-
+        # The ITM (+ ITC) pass runs before the MLM pass: the MLM pass skips the image stream's last layer, so
+        # running it last keeps every other dropout draw where two full passes in this order make it
+        # (tests/test_step.py compares the loss and every gradient with that).
         itc_loss = itm_loss = itm_logits = None
         if itm_labels is not None or self.use_itc:
             clean_ids = input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
@@ -923,9 +960,22 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
                 itm_logits = self.itm_score(bridgetower.fuse(itm_text, itm_image).pooler_output)
                 itm_loss = F.cross_entropy(itm_logits.float(), itm_labels.to(itm_logits.device))
 
+        mlm_loss = mlm_logits = mlm_positions = mlm_tokens_over_cap = None
+        if labels is not None:
+            masked_text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
+            features = bridgetower.fuse(masked_text, image, text_features_only=True).text_features
+            labels = labels.to(features.device)
+            capacity = mlm_decoder_capacity(labels.numel(), self.config.mlm_probability)
+            mlm_positions, mlm_tokens_over_cap = masked_positions(labels, capacity)
+            # The decoder (hidden x vocabulary) only where a label is: about mlm_probability of the positions.
+            mlm_logits = self.mlm_score(features.flatten(0, 1).index_select(0, mlm_positions))
+            mlm_loss = _mlm_loss(mlm_logits, labels.reshape(-1).index_select(0, mlm_positions))
+
         losses = [part for part in (mlm_loss, itm_loss, itc_loss) if part is not None]
         loss = sum(losses) if losses else None
-        result = BridgeTowerForPreTrainingOutput(loss, mlm_loss, itm_loss, itc_loss, mlm_logits, itm_logits)
+        result = BridgeTowerForPreTrainingOutput(
+            loss, mlm_loss, itm_loss, itc_loss, mlm_logits, itm_logits, mlm_positions, mlm_tokens_over_cap
+        )
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         return result if return_dict else result.to_tuple()
 

@@ -4,15 +4,22 @@ captions: domain adaptation)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
+from transformers.utils import logging
 
 from ..data import PretrainingCollator, build_dataset
 from ..data.synthetic import COLORS, POSITIONS, SHAPES
 from ..modeling import BridgeTowerForPreTraining
+from ..modeling.modeling_bridgetower import mlm_decoder_capacity
 from ..training.arguments import PretrainingArguments, resolve_itm_recipe
 from ..training.metrics import itm_accuracy, majority_baseline, mlm_accuracy
 from ..training.run import build_model
 from .base import Metrics, Task
+
+logger = logging.get_logger(__name__)
 
 # The cross-modal layers, link towers and heads of the tests' pre-trained fixture and the ablations' tiny runs at
 # std 0.05 (0.02 x 2.5), the towers at the official 0.02: at width 64 the official 0.02 leaves ITM at chance for a
@@ -46,26 +53,35 @@ DEFAULT_ARGS = [
 ]  # fmt: skip
 
 # BridgeTowerForPreTrainingOutput field order; prediction tuples follow it, without `loss` and absent fields.
-OUTPUT_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits")
+OUTPUT_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits", "mlm_positions", "mlm_tokens_over_cap")
+# What `preprocess` hands on to the metrics (MLM predictions scattered back to (batch, length)).
+METRIC_FIELDS = ("mlm_loss", "itm_loss", "itc_loss", "mlm_logits", "itm_logits")
 
 
 class PretrainingMetrics:
     """`preprocess_logits_for_metrics` + `compute_metrics` for BridgeTowerForPreTraining evaluation."""
 
     def __init__(self, objectives: list[str], word_classes: dict[str, set[int]] | None = None):
-        present = {"mlm_loss": "mlm", "itm_loss": "itm", "itc_loss": "itc", "mlm_logits": "mlm", "itm_logits": "itm"}
-        self.fields = [f for f in OUTPUT_FIELDS if present[f] in objectives]
+        present = {"mlm_loss": "mlm", "itm_loss": "itm", "itc_loss": "itc", "mlm_logits": "mlm", "itm_logits": "itm",
+                   "mlm_positions": "mlm", "mlm_tokens_over_cap": "mlm"}  # fmt: skip
+        self.outputs = [f for f in OUTPUT_FIELDS if present[f] in objectives]
+        self.fields = [f for f in METRIC_FIELDS if present[f] in objectives]
         self.word_classes = word_classes or {}
         self.label_names = [name for name, o in (("labels", "mlm"), ("itm_labels", "itm")) if o in objectives]
 
     def preprocess(self, logits, labels):
-        outputs = dict(zip(self.fields, logits if isinstance(logits, tuple) else (logits,), strict=False))
+        outputs = dict(zip(self.outputs, logits if isinstance(logits, tuple) else (logits,), strict=False))
         reduced = []
-        batch = (labels[0] if isinstance(labels, (tuple, list)) else labels).shape[0]
+        mlm_labels = labels[0] if isinstance(labels, (tuple, list)) else labels
+        batch = mlm_labels.shape[0]
         for name in self.fields:
             value = outputs[name]
             if name.endswith("loss"):
                 reduced.append(value.detach().float().mean().reshape(1).expand(batch))  # per-row copies concatenate
+            elif name == "mlm_logits":  # decoded at `mlm_positions` only: predictions back in (batch, length)
+                predictions = torch.full((mlm_labels.numel(),), -100, dtype=torch.long, device=value.device)
+                predictions[outputs["mlm_positions"]] = value.argmax(dim=-1)
+                reduced.append(predictions.view(mlm_labels.shape))
             else:
                 reduced.append(value.argmax(dim=-1))
         return tuple(reduced)
@@ -100,6 +116,42 @@ def synthetic_word_classes(tokenizer, data_args) -> dict[str, set[int]] | None:
     return {"color": ids(COLORS), "shape": ids(SHAPES), "position": ids(POSITIONS)}
 
 
+def decoded_mlm_share(data_args) -> float:
+    """The share of caption tokens a batch masks, which sizes the model's static MLM decoder capacity
+    (`config.mlm_probability`): `--mlm_probability`, doubled under whole-word masking (every piece of a chosen word
+    is masked)."""
+    share = data_args.mlm_probability
+    return min(1.0, 2 * share) if data_args.whole_word_masking else share
+
+
+@dataclass
+class CappedMasking:
+    """A pre-training collator whose batches mask at most `mlm_decoder_capacity` tokens, the number of positions
+    the model decodes (a static shape). A batch that masks more (probability below 1e-9 at the rate the capacity is
+    sized for) gets its extra masked tokens unmasked (original id back, label -100) with a warning that counts them,
+    rather than the model leaving them out of the loss unseen. Runs where the collator runs (loader workers, on the
+    host): no device read."""
+
+    collator: PretrainingCollator
+    mlm_probability: float
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        labels = batch["labels"]
+        capacity = mlm_decoder_capacity(labels.numel(), self.mlm_probability)
+        masked = (labels.reshape(-1) != -100).nonzero().flatten()
+        if len(masked) > capacity:
+            extra = masked[capacity:]
+            batch["input_ids"].view(-1)[extra] = labels.view(-1)[extra]
+            labels.view(-1)[extra] = -100
+            logger.warning(
+                "a batch masked %d tokens, more than the %d positions the MLM decoder scores (sized for a masked "
+                "share of %.2f): %d tokens unmasked",
+                len(masked), capacity, self.mlm_probability, len(extra),
+            )  # fmt: skip
+        return batch
+
+
 class PretrainTask(Task):
     """MLM + ITM (summed 1:1), optionally + ITC, with the official ITM recipe (`resolve_itm_recipe`)."""
 
@@ -117,7 +169,12 @@ class PretrainTask(Task):
 
     def build_model(self, model_args, task_args: PretrainingArguments, data_args, tokenizer):
         return build_model(
-            BridgeTowerForPreTraining, model_args, data_args, tokenizer, pretraining_objectives=task_args.objective_list
+            BridgeTowerForPreTraining,
+            model_args,
+            data_args,
+            tokenizer,
+            pretraining_objectives=task_args.objective_list,
+            mlm_probability=decoded_mlm_share(data_args),
         )
 
     def build_dataset(self, data_args, task_args, tokenizer, image_size, split, seed, skip_log):
@@ -147,7 +204,10 @@ class PretrainTask(Task):
             mlm="mlm" in objectives,
             seed=args.seed,
         )
-        return collator, eval_collator
+        if "mlm" not in objectives:
+            return collator, eval_collator
+        share = decoded_mlm_share(data_args)
+        return CappedMasking(collator, share), CappedMasking(eval_collator, share)
 
     def metrics(self, tokenizer, data_args, task_args: PretrainingArguments, model) -> Metrics:
         metrics = PretrainingMetrics(task_args.objective_list, synthetic_word_classes(tokenizer, data_args))

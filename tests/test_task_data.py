@@ -248,6 +248,56 @@ def test_vqa_start_up_errors_name_the_fix(tmp_path):
     assert source.answer_vocabulary == VOCABULARY and len(source) == 2
 
 
+def _write_vqa_split(tmp_path, subtype: str, answers: list[str], first_id: int) -> tuple[str, str]:
+    """Official-format questions + annotations of `subtype`: one question per answer, all 10 annotators agreeing."""
+    ids = range(first_id, first_id + len(answers))
+    questions = [{"image_id": i, "question": f"question {i}?", "question_id": i} for i in ids]
+    annotations = [{"question_id": i, "image_id": i, "multiple_choice_answer": answer, "answer_type": "other",
+                    "answers": [{"answer": answer, "answer_id": k + 1} for k in range(10)]}
+                   for i, answer in zip(ids, answers, strict=True)]  # fmt: skip
+    questions_path = tmp_path / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
+    annotations_path = tmp_path / f"v2_mscoco_{subtype}_annotations.json"
+    questions_path.write_text(json.dumps({"data_subtype": subtype, "data_type": "mscoco", "questions": questions}))
+    annotations_path.write_text(json.dumps({"data_subtype": subtype, "annotations": annotations}))
+    return str(questions_path), str(annotations_path)
+
+
+def test_vqa_trains_on_train_and_val_json_with_the_train_val_vocabulary(tmp_path):
+    from bridgetower_gaudi.tasks import get_task
+    from bridgetower_gaudi.tasks.finetune import task_sources
+    from bridgetower_gaudi.training import run
+
+    # At the official threshold (9): "yes" 5 + 4 and "2" ("two" 4 + "2" 5) reach it only over train + val.
+    train = _write_vqa_split(tmp_path, "train2014", ["yes"] * 5 + ["no"] * 9 + ["two"] * 4, first_id=1)
+    val = _write_vqa_split(tmp_path, "val2014", ["yes"] * 4 + ["2"] * 5 + ["blue"], first_id=100)
+    (tmp_path / "coco").mkdir()
+    task = get_task("vqa")
+    flags = ["--output_dir", str(tmp_path / "out"), "--image_root", str(tmp_path / "coco"),
+             "--train_file", train[0], val[0], "--train_annotation_file", train[1], val[1]]  # fmt: skip
+    model_args, data_args, task_args, _ = run.parse_args(flags, task)
+    vocabulary = task.answer_vocabulary(model_args, task_args, data_args)
+    assert vocabulary == ["yes", "no", "2"]  # write_vqa.py's first-seen order over train then val
+    assert build_answer_vocabulary(json.loads(open(train[1]).read())) == ["no"]  # train alone
+    data_args.answer_vocabulary = vocabulary
+    log = SkipLog()
+    sources = task_sources("vqa", data_args, "train", 0, log, 32)
+    assert [len(source) for source in sources] == [18, 9]  # every question; "blue" is no class (write_vqa.py)
+    assert log.counts() == {} and sources[1][0].target["labels"] == [0]
+    assert sources[1].subtype == "val2014" and sources[1][4].target == {"labels": [2], "scores": [1.0],
+                                                                       "answers": ["2"] * 10}  # fmt: skip
+    # The pairing is by position: another count of annotation files is refused with the fix.
+    flags[-1:] = []
+    data_args = run.parse_args(flags, task)[1]
+    data_args.answer_vocabulary = vocabulary
+    with pytest.raises(DataConfigError, match="one annotation file per questions file"):
+        task_sources("vqa", data_args, "train", 0, SkipLog(), 32)
+    # A separate validation split adds its annotations to the vocabulary after the training ones.
+    flags = [*flags[:5], train[0], "--train_annotation_file", train[1], "--validation_file", val[0],
+             "--validation_annotation_file", val[1]]  # fmt: skip
+    model_args, data_args, task_args, _ = run.parse_args(flags, task)
+    assert task.answer_vocabulary(model_args, task_args, data_args) == vocabulary
+
+
 # --- SNLI-VE and NLVR2 json ----------------------------------------------------------------------------------------
 def test_snli_ve_jsonl(tmp_path):
     folder = tmp_path / "flickr" / "flickr30k-images"  # the official layout: found under image_root

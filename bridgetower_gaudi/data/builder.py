@@ -34,9 +34,13 @@ class DataArguments:
     test_file: list[str] | None = field(
         default=None, metadata={"help": "Test files for --do_predict (VQAv2: the test questions json)."}
     )
-    train_annotation_file: str | None = field(default=None, metadata={"help": "VQAv2: the training annotations."})
-    validation_annotation_file: str | None = field(
-        default=None, metadata={"help": "VQAv2: the validation annotations."}
+    train_annotation_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "VQAv2: the annotations of each --train_file, in the same order (the official recipe "
+                  "trains on train2014 + val2014: two questions files, two annotation files)."},
+    )  # fmt: skip
+    validation_annotation_file: list[str] | None = field(
+        default=None, metadata={"help": "VQAv2: the annotations of each --validation_file, in the same order."}
     )
     dataset_format: str | None = field(
         default=None,

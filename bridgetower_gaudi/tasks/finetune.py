@@ -33,23 +33,36 @@ def task_sources(task: str, data_args, split: str, seed: int, skip_log, image_si
         return None
     from ..data import task_sources as readers  # the VQAv2 / SNLI-VE / NLVR2 readers
 
-    annotations = {
-        "train": data_args.train_annotation_file,
-        "validation": data_args.validation_annotation_file,
-        "test": None,
-    }[split]
+    annotations = annotation_files(data_args, split, files)
     return [
         readers.task_source(
             task,
             data_args.dataset_format,
             path,
-            annotations,
+            annotation,
             data_args.image_root,
             skip_log,
             answer_vocabulary=getattr(data_args, "answer_vocabulary", None),
         )  # fmt: skip
-        for path in files
+        for path, annotation in zip(files, annotations, strict=True)
     ]
+
+
+def annotation_files(data_args, split: str, files: list[str]) -> list[str | None]:
+    """The annotation file of each data file of `split` (VQAv2 json: the i-th --train_annotation_file goes with the
+    i-th --train_file); None for each when the split has none (test questions, other tasks, arrow files)."""
+    flag = {"train": "--train_annotation_file", "validation": "--validation_annotation_file"}.get(split)
+    given = getattr(data_args, f"{split}_annotation_file", None) if flag else None
+    if not given:
+        return [None] * len(files)
+    if len(given) != len(files):
+        file_flag = f"--{split}_file"
+        raise DataConfigError(
+            f"{flag} names {len(given)} files for {len(files)} {file_flag} files: give one annotation file per "
+            f"questions file, in the same order (train2014 + val2014: {file_flag} <train questions> <val questions> "
+            f"{flag} <train annotations> <val annotations>)."
+        )
+    return list(given)
 
 
 def task_dataset(task: str, data_args, tokenizer, image_size: int, split: str, seed: int, skip_log,

@@ -26,7 +26,8 @@ class VqaArguments(RecipeArguments):
         default=None,
         metadata={
             "help": "A json list of answers (the classifier's labels). Default: the checkpoint's (a VQA model), else "
-            "built from the training annotations' multiple_choice_answer (normalised, count >= --min_answer_count)."
+            "built as write_vqa.py from the training then validation annotations' multiple_choice_answer "
+            "(normalised, count >= --min_answer_count; train2014 + val2014 give the official 3,129)."
         },
     )
     min_answer_count: int = field(default=9, metadata={"help": "Answers kept in a built vocabulary (official: 9)."})
@@ -76,8 +77,13 @@ class VqaTask(Task):
                 "--task vqa needs an answer vocabulary: --answer_vocabulary_file, or --train_annotation_file to build "
                 "one from (or a VQA checkpoint, which carries its own)."
             )
-        with open(data_args.train_annotation_file) as f:
-            annotations = json.load(f)["annotations"]
+        # As write_vqa.py: the train annotations, then the validation ones (train2014 + val2014: the official
+        # 3,129 answers), each file once.
+        paths = dict.fromkeys((data_args.train_annotation_file or []) + (data_args.validation_annotation_file or []))
+        annotations = []
+        for path in paths:
+            with open(path) as f:
+                annotations += json.load(f)["annotations"]
         return vqa_metrics.build_answer_vocabulary(annotations, task_args.min_answer_count)
 
     def build_model(self, model_args, task_args: VqaArguments, data_args, tokenizer):

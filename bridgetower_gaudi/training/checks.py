@@ -115,8 +115,8 @@ def data_file_problems(data_args: DataArguments, task_args=None) -> list[str]:
         *(("--train_file", p) for p in data_args.train_file or []),
         *(("--validation_file", p) for p in data_args.validation_file or []),
         *(("--test_file", p) for p in data_args.test_file or []),
-        ("--train_annotation_file", data_args.train_annotation_file),
-        ("--validation_annotation_file", data_args.validation_annotation_file),
+        *(("--train_annotation_file", p) for p in data_args.train_annotation_file or []),
+        *(("--validation_annotation_file", p) for p in data_args.validation_annotation_file or []),
         ("--answer_vocabulary_file", getattr(task_args, "answer_vocabulary_file", None)),
     ]
     problems = []

@@ -451,3 +451,31 @@ def test_factory_refuses_what_it_cannot_read(tmp_path):
         task_source("nlvr2", "karpathy", "x.json", image_root=str(tmp_path))
     with pytest.raises(DataConfigError, match="does not exist"):
         task_source("snli_ve", "snli_ve", str(tmp_path / "missing.jsonl"), image_root=str(tmp_path))
+
+
+# --- caption data sets -----------------------------------------------------------------------------------------------
+def test_an_images_repeated_captions_count_once_as_officially(tmp_path):
+    """base_dataset.py drops repeats of a caption within one image (`remove_duplicate=True` for the caption data
+    sets): Karpathy json and the official arrow files alike; the same caption on two images stays on both."""
+    import pyarrow as pa
+
+    from bridgetower_gaudi.data.sources import ArrowSource, KarpathySource
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        color_image(i).save(images / f"{i}.jpg", format="PNG")
+    sentences = [["a dog", "a dog", "a brown dog", "a dog"], ["a dog", "a cat"]]
+    entries = [{"filepath": "images", "filename": f"{i}.jpg", "split": "test", "cocoid": i,
+                "sentences": [{"raw": raw} for raw in raws]} for i, raws in enumerate(sentences)]  # fmt: skip
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    source = KarpathySource(str(tmp_path / "dataset_coco.json"), str(tmp_path), ["test"], SkipLog())
+    read = [(source[i].image_id.split(":")[-1], source[i].caption) for i in range(len(source))]
+    assert read == [("0", "a dog"), ("0", "a brown dog"), ("1", "a dog"), ("1", "a cat")]
+    table = pa.table({"image": [jpeg_bytes(color_image(i)) for i in range(2)], "caption": sentences,
+                      "image_id": ["0", "1"], "split": ["test", "test"]})  # fmt: skip
+    with pa.OSFile(str(tmp_path / "coco_caption_karpathy_test.arrow"), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    arrow = ArrowSource([str(tmp_path / "coco_caption_karpathy_test.arrow")], "image", "caption", SkipLog())
+    assert [arrow[i].caption for i in range(len(arrow))] == ["a dog", "a brown dog", "a dog", "a cat"]

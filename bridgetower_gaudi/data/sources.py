@@ -61,6 +61,13 @@ def _captions(value, name: str) -> list:
     raise BadRecord("bad_row", name, f"caption field of type {type(value).__name__}")
 
 
+def unique_captions(captions: list) -> list:
+    """An image's captions without repeats, in first-seen order: the official caption data sets drop a caption
+    that an image already has (base_dataset.py, `remove_duplicate=True` for COCO / Flickr30K / VG / CC / SBU), so
+    a repeated caption is neither drawn twice as often in training nor counted twice in retrieval evaluation."""
+    return list(dict.fromkeys(captions))
+
+
 def _require_file(path: str, flag: str) -> None:
     if not os.path.exists(path):
         raise DataConfigError(f"{flag} {path!r} does not exist: check the path.")
@@ -68,7 +75,8 @@ def _require_file(path: str, flag: str) -> None:
 
 class KarpathySource(MapSource):
     """`dataset_coco.json` / `dataset_flickr30k.json`: images[] with filepath, filename, split, sentences[].raw.
-    COCO's `restval` split counts as train, as the papers do."""
+    COCO's `restval` split counts as train, as the papers do; an image's repeated captions count once
+    (`unique_captions`)."""
 
     def __init__(self, path: str, image_root: str | None, splits: list[str], skip_log: SkipLog):
         _require_file(path, "--train_file/--validation_file")
@@ -91,17 +99,15 @@ class KarpathySource(MapSource):
                     continue
                 file = os.path.join(image_root, image.get("filepath", ""), image["filename"])
                 image_id = str(image.get("cocoid", image.get("imgid", image["filename"])))
-                for sentence in image["sentences"]:
-                    self.entries.append(
-                        (file, sentence["raw"], f"{self.name}:{image_id}", f"{self.name}:{image['filename']}")
-                    )
+                for caption in unique_captions(sentence["raw"] for sentence in image["sentences"]):
+                    self.entries.append((file, caption, f"{self.name}:{image_id}", f"{self.name}:{image['filename']}"))
             except (KeyError, TypeError) as error:
                 skip_log.record(BadRecord("bad_row", f"{self.name}:images[{number}]", f"missing field {error}"))
 
 
 class ArrowSource(MapSource):
     """The official BridgeTower / ViLT / METER pyarrow IPC files (image bytes, caption list, image_id, split),
-    memory-mapped; several files form one source."""
+    memory-mapped; several files form one source. A row's repeated captions count once (`unique_captions`)."""
 
     def __init__(self, paths: list[str], image_column: str, caption_column: str, skip_log: SkipLog, split=None):
         import pyarrow as pa
@@ -129,7 +135,7 @@ class ArrowSource(MapSource):
                 if splits is not None and splits[row] != split:
                     continue
                 try:
-                    for caption in _captions(value, f"{base}[{row}]"):
+                    for caption in unique_captions(_captions(value, f"{base}[{row}]")):
                         self.entries.append(((file_number, row), caption, f"{base}:{image_id}", f"{base}[{row}]"))
                 except BadRecord as bad:
                     skip_log.record(bad)

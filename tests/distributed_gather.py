@@ -1,7 +1,7 @@
 """Two gloo processes: gather_with_grad returns every rank's rows and sends each rank the summed gradient of its own
-rows (as the official all_gather(sync_grads=True)). Run by test_fidelity.py."""
+rows (as the official all_gather(sync_grads=True)). Run by test_fidelity.py: `distributed_gather.py RENDEZVOUS_FILE`
+(a path that does not exist yet)."""
 
-import os
 import sys
 
 import torch
@@ -10,9 +10,9 @@ import torch.distributed as dist
 from bridgetower_gaudi.modeling.modeling_bridgetower import gather_with_grad
 
 
-def main(rank: int, world_size: int, port: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def main(rank: int, world_size: int, rendezvous_file: str) -> None:
+    # A file rendezvous: no port to pick, so none can collide with another process on the host.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size)
     local = torch.full((2, 3), float(rank + 1), requires_grad=True)
     gathered, my_rank = gather_with_grad(local)
     weights = torch.arange(gathered.numel(), dtype=torch.float).reshape(gathered.shape) * (rank + 1)

@@ -2,17 +2,20 @@
 field it promises; the trainer's optimizer is the fused AdamW the report credits it with; the ITM swap probe reads
 a colour-only matcher as one."""
 
+import copy
 import json
 import os
-import subprocess
+import statistics
 import sys
 
+import pytest
 import torch
 from transformers import TrainingArguments
 
 import bridgetower_gaudi as btg
 from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
 from tests.conftest import tiny_config
+from tests.processes import run_checked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_tiny_report_has_every_file_and_field(tmp_path):
     command = [sys.executable, os.path.join(REPO, "benchmarks", "run_benchmarks.py"), "--preset", "tiny", "--quick",
                "--output_dir", str(tmp_path)]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, check=True, cwd=REPO, env=environment, capture_output=True, timeout=300)
+    run_checked(command, timeout=300)
 
     (folder,) = tmp_path.iterdir()  # <device>-<date>
     assert folder.name.startswith("cpu-")
@@ -41,7 +43,12 @@ def test_tiny_report_has_every_file_and_field(tmp_path):
         assert {(case, "ours"), (case, "transformers")} <= cases, case
     for r in report["results"]:
         assert r["samples_per_second"] > 0 and r["flops_per_step"] > 0 and r["peak_memory_bytes"] > 0, r
-        assert 0 < r["mfu"] and len(r["seconds"]) == meta["config"]["steps"]
+        assert len(r["seconds"]) == meta["config"]["steps"]
+        # MFU recomputed from the reported step FLOPs, median step time and the run precision's measured peak; a
+        # tiny model cannot exceed the matmul peak
+        peak = report["matmul_peak"][meta["config"]["precision"]]
+        assert r["mfu"] == pytest.approx(r["flops_per_step"] / statistics.median(r["seconds"]) / peak, rel=1e-6)
+        assert 0 < r["mfu"] < 1, r
         if r["kind"] == "train":
             assert r["optimizer"] == "AdamW (fused)"  # ours through our trainer, theirs through Trainer's default
     assert {c["case"] for c in report["comparisons"]} >= {"pretrain", "itm_train", "itc_train", "rerank"}
@@ -69,9 +76,32 @@ def test_itc_at_large_takes_optimum_habanas_run_bridgetower_shape():
 
 
 def test_the_trainer_steps_with_fused_adamw_on_cpu(tmp_path):
+    """The trainer's optimizer is torch's fused AdamW, and one step of it moves every parameter as the plain
+    (for-loop) AdamW does with the same groups and gradients."""
     model = btg.BridgeTowerForPreTraining(tiny_config())
-    trainer = BridgeTowerTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True))
-    assert trainer.create_optimizer().defaults["fused"] is True
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, weight_decay=0.01, learning_rate=1e-3)
+    optimizer = BridgeTowerTrainer(model=model, args=args).create_optimizer()
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"] is True
+
+    reference_model = copy.deepcopy(model)
+    reference_params = dict(reference_model.named_parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [{**{k: v for k, v in group.items() if k != "params"}, "fused": False, "foreach": False,
+               "params": [reference_params[names[id(p)]] for p in group["params"]]}
+              for group in optimizer.param_groups]  # fmt: skip
+    reference = torch.optim.AdamW(groups)
+    generator = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+        reference_params[name].grad = p.grad.clone()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    reference.step()
+    stepped = [(names[id(p)], p) for group in optimizer.param_groups for p in group["params"]]
+    assert len(stepped) > len(before) // 2, len(stepped)
+    for name, p in stepped:
+        assert not torch.equal(p, before[name]), name
+        torch.testing.assert_close(p, reference_params[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_swap_probe_reports_a_colour_only_matcher_as_such():

@@ -537,10 +537,14 @@ def test_transforms_give_the_requested_size_and_normalisation():
 
 def test_decoding_reports_truncation_separately_from_corruption():
     good = jpeg_bytes(color_image(0, (64, 64)), "JPEG")
-    with pytest.raises(Exception, match="truncated_image"):
+    from bridgetower_gaudi.data import BadRecord
+
+    with pytest.raises(BadRecord, match="^truncated_image: half ") as truncated:
         decode_image(good[: len(good) // 2], "half")
-    with pytest.raises(Exception, match="corrupt_image"):
+    assert (truncated.value.reason, truncated.value.name) == ("truncated_image", "half")
+    with pytest.raises(BadRecord, match="^corrupt_image: garbage ") as corrupt:
         decode_image(b"garbage", "garbage")
+    assert (corrupt.value.reason, corrupt.value.name) == ("corrupt_image", "garbage")
     assert decode_image(io.BytesIO(good).getvalue(), "ok").size == (64, 64)
 
 

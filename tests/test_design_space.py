@@ -135,8 +135,19 @@ def test_gradient_checkpointing_covers_every_layer_and_keeps_gradients():
     assert {"CrossModalLayer", "CLIPEncoderLayer", "RobertaLayer"} <= kinds
     assert all(m.gradient_checkpointing for m in layers)
 
+    # Each checkpointed layer runs each of its forwards twice (once more in backward, recomputing what it did not
+    # keep): twice as many calls as in the plain model (where the text tower runs for MLM and for ITM)
+    calls = {"plain": {}, "checkpointed": {}}
+    for model, counts in ((plain, calls["plain"]), (checkpointed, calls["checkpointed"])):
+        for name, module in model.named_modules():
+            if type(module).__name__ in kinds:
+                module.register_forward_hook(
+                    lambda *_, name=name, counts=counts: counts.update({name: counts.get(name, 0) + 1})
+                )
     plain(**batch).loss.backward()
     checkpointed(**batch).loss.backward()
+    assert calls["plain"].keys() == calls["checkpointed"].keys() and len(calls["plain"]) >= len(layers)
+    assert all(calls["checkpointed"][name] == 2 * calls["plain"][name] for name in calls["plain"]), calls
     for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -369,18 +369,9 @@ def test_json_argument_files_get_the_paper_optimiser_settings_unless_they_say_ot
     assert args.warmup_ratio == 0.1 and args.weight_decay == 0.01
 
 
-def test_itc_features_are_gathered_across_ranks_with_their_gradients():
-    import socket
-    import subprocess
-    import sys
+def test_itc_features_are_gathered_across_ranks_with_their_gradients(tmp_path):
+    from tests.processes import python_script, run_checked
 
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, os.path.join(root, "tests", "distributed_gather.py"), port],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_checked(python_script("tests/distributed_gather.py", str(tmp_path / "rendezvous")), timeout=300)
     # the two ranks share one pipe, so their lines may interleave: match the verdicts, not the lines
     assert sorted(re.findall(r"RANK \d (?:OK|BAD)", done.stdout)) == ["RANK 0 OK", "RANK 1 OK"], done.stdout

@@ -1,4 +1,4 @@
-"""Exact resume: a pre-training run SIGKILLed at an arbitrary moment (mid-step, or mid-save) and restarted with
+"""Exact resume: a pre-training run SIGKILLed at a named phase (mid-step, or mid-save) and restarted with
 `--resume_from_checkpoint auto` ends at the same step with bit-identical weights and the same skip counts as the run
 that was never interrupted (CPU, one torch thread): map-style data (random augmentation, ITC hard negatives drawn by
 the model, masking, data-loader workers) and a streamed tar source (resumed mid-shard)."""
@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import subprocess
-import sys
-import time
 
 import pytest
 from safetensors.torch import load_file
@@ -19,8 +15,8 @@ from bridgetower_gaudi.data import synthetic_tokenizer
 from bridgetower_gaudi.data.synthetic import POSITIONS, SHAPES
 from bridgetower_gaudi.training.pretrain import main
 from tests.data_files import color_image, write_tar
+from tests.processes import python_script, run_killed_at
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_STEPS = 12
 
 
@@ -77,30 +73,18 @@ def _flags(tmp_path, data_flags, output_dir) -> list[str]:
             "--resume_from_checkpoint", "auto", *data_flags]  # fmt: skip
 
 
+# Where each case is killed (BRIDGETOWER_KILL_AT, see training/kill_points.py): mid-step 8 (checkpoints 3 and 6
+# complete) or mid-save of checkpoint-6 (checkpoint-3 complete, checkpoint-6 staged).
+KILLS = {"step": ("mid_step", 8, ["checkpoint-3", "checkpoint-6"]), "save": ("mid_save", 6, ["checkpoint-3"])}
+
+
 def _kill_during(flags, output_dir, moment: str) -> list[str]:
-    """Start the run as a subprocess and SIGKILL it mid-step (at a random time after checkpoint-3 is complete) or
-    mid-save (as soon as the staging folder of a save after the first appears). Returns the checkpoints left."""
-    command = [sys.executable, os.path.join(ROOT, "run_scripts", "run_pretrain.py"), *flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT)
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            names = os.listdir(output_dir) if output_dir.is_dir() else []
-            if moment == "save" and any(n.startswith(".tmp-checkpoint-") and n != ".tmp-checkpoint-3" for n in names):
-                break
-            if moment == "step" and "checkpoint-3" in names:
-                time.sleep(random.uniform(0.0, 0.3))  # somewhere in the steps after it
-                break
-            time.sleep(0.002)
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        process.kill()
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stderr.close()
-    return sorted(n for n in os.listdir(output_dir) if n.startswith("checkpoint-"))
+    """Run the same command as a subprocess that SIGKILLs itself at the named phase; the checkpoints left."""
+    phase, step, left = KILLS[moment]
+    run_killed_at(python_script("run_scripts/run_pretrain.py", *flags), phase, step)
+    names = sorted(n for n in os.listdir(output_dir) if n.startswith("checkpoint-"))
+    assert names == left, names
+    return names
 
 
 def _final(output_dir) -> tuple[int, dict, dict]:

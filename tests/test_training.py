@@ -4,8 +4,6 @@ follow the paper, and distributed / DeepSpeed runs match a single process."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from bridgetower_gaudi.data import DataConfigError
 from bridgetower_gaudi.training.optimization import parameter_groups
 from bridgetower_gaudi.training.pretrain import DEFAULT_ARGS, build_trainer, main, parse_args, run
 from tests.conftest import tiny_config
+from tests.processes import run_checked, torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = [
@@ -160,19 +159,7 @@ def test_frozen_towers_stay_fixed(tmp_path):
 
 
 def _torchrun(nproc: int, args: list[str], tmp_path) -> list[float]:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--master_port",
-        str(29500 + nproc + len(str(tmp_path)) % 50),
-        os.path.join(ROOT, "run_scripts", "run_pretrain.py"),
-        *args,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_checked(torchrun(nproc, os.path.join(ROOT, "run_scripts", "run_pretrain.py"), *args), timeout=900)
     output_dir = args[args.index("--output_dir") + 1]
     state = json.loads(open(os.path.join(output_dir, "trainer_state.json")).read())
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]

@@ -402,6 +402,16 @@ class StreamingLoader:
         return bool(flag.item())
 
     def __iter__(self):
+        resumed = self._start is not None
+        batches = yield from self._pass()
+        if resumed and batches == 0 and self.training:
+            # Saved after the last batch of an epoch, before the pass ended: the resumed pass is empty (Trainer would
+            # stop there, short of --max_steps); the next epoch follows, as in the uninterrupted run.
+            yield from self._pass()
+
+    def _pass(self):
+        """One pass over the stream (from the resumed position, if any); returns the number of batches."""
+        batches = 0
         self.dataset.epoch, self.dataset.start = self.epoch, self._start
         iterator = iter(self.loader)
         self.dataset.start, self._start = None, None  # the loader's readers have it (workers: their own copy)
@@ -418,5 +428,7 @@ class StreamingLoader:
             state = batch.pop(STREAM_STATE)
             self.readers[str(state["reader"])] = state
             self.next_slot = (state["reader"] % self.workers + 1) % self.workers
+            batches += 1
             yield batch
         self.epoch, self.readers, self.next_slot = self.epoch + int(self.training), {}, 0
+        return batches

@@ -479,3 +479,19 @@ def test_an_images_repeated_captions_count_once_as_officially(tmp_path):
             writer.write_table(table)
     arrow = ArrowSource([str(tmp_path / "coco_caption_karpathy_test.arrow")], "image", "caption", SkipLog())
     assert [arrow[i].caption for i in range(len(arrow))] == ["a dog", "a brown dog", "a dog", "a cat"]
+
+
+@pytest.mark.parametrize("op", ["Rotate", "ShearX", "ShearY"])
+def test_vqa_augmentations_rotate_and_shear_bilinearly_as_officially(op):
+    """randaugment.py warps with cv2.warpAffine, bilinear: a black / white edge becomes grey steps, where nearest
+    keeps only black, white and the grey fill (128)."""
+    from PIL import Image
+
+    from bridgetower_gaudi.data.images import _RANDOM_AUGMENT_OPS
+
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels[:, 32:] = 255
+    pixels[32:, :] = 255 - pixels[32:, :]  # a checkerboard of four squares: vertical and horizontal edges
+    warped = np.asarray(_RANDOM_AUGMENT_OPS[op](Image.fromarray(pixels), 0.5, 1))
+    blends = set(np.unique(warped).tolist()) - {0, 128, 255}
+    assert len(blends) > 10, sorted(blends)

@@ -106,8 +106,8 @@ def random_resized_crop(
 
 # The two augmentation policies of the official fine-tuning transforms, written on PIL because torchvision (and
 # timm, which needs it) does not import beside every torch build this package supports.
-def _affine(image: Image.Image, matrix, fill=None) -> Image.Image:
-    return image.transform(image.size, Image.AFFINE, matrix, fillcolor=fill)
+def _affine(image: Image.Image, matrix, fill=None, resample=Image.NEAREST) -> Image.Image:
+    return image.transform(image.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
 
 
 def _solarize_add(image: Image.Image, addition: float, threshold: int = 128) -> Image.Image:
@@ -144,18 +144,20 @@ def rand_augment(image: Image.Image, num_ops: int = 2, magnitude: int = 7, rng=r
 
 
 _GREY = (128, 128, 128)
-# BLIP's RandomAugment ops as the official VQA transform lists them: op(image, level / 10, sign).
+# BLIP's RandomAugment ops as the official blip_randaug* transforms list them: op(image, level / 10, sign). Its
+# geometric ops are cv2.warpAffine with bilinear interpolation (randaugment.py), where randaug.py's PIL ops above
+# keep PIL's default, nearest.
 _RANDOM_AUGMENT_OPS = {
     "Identity": lambda img, f, s: img,
     "AutoContrast": lambda img, f, s: ImageOps.autocontrast(img),
     "Equalize": lambda img, f, s: ImageOps.equalize(img),
     "Brightness": lambda img, f, s: ImageEnhance.Brightness(img).enhance(f * 1.8 + 0.1),
     "Sharpness": lambda img, f, s: ImageEnhance.Sharpness(img).enhance(f * 1.8 + 0.1),
-    "ShearX": lambda img, f, s: _affine(img, (1, s * f * 0.3, 0, 0, 1, 0), _GREY),
-    "ShearY": lambda img, f, s: _affine(img, (1, 0, 0, s * f * 0.3, 1, 0), _GREY),
-    "TranslateX": lambda img, f, s: _affine(img, (1, 0, s * f * 10, 0, 1, 0), _GREY),
-    "TranslateY": lambda img, f, s: _affine(img, (1, 0, 0, 0, 1, s * f * 10), _GREY),
-    "Rotate": lambda img, f, s: img.rotate(s * f * 30, fillcolor=_GREY),
+    "ShearX": lambda img, f, s: _affine(img, (1, s * f * 0.3, 0, 0, 1, 0), _GREY, Image.BILINEAR),
+    "ShearY": lambda img, f, s: _affine(img, (1, 0, 0, s * f * 0.3, 1, 0), _GREY, Image.BILINEAR),
+    "TranslateX": lambda img, f, s: _affine(img, (1, 0, s * f * 10, 0, 1, 0), _GREY, Image.BILINEAR),
+    "TranslateY": lambda img, f, s: _affine(img, (1, 0, 0, 0, 1, s * f * 10), _GREY, Image.BILINEAR),
+    "Rotate": lambda img, f, s: img.rotate(s * f * 30, resample=Image.BILINEAR, fillcolor=_GREY),
 }
 
 

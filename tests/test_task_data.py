@@ -325,6 +325,27 @@ def test_snli_ve_jsonl(tmp_path):
         SnliVeSource(str(tmp_path / "nlvr.json"), str(tmp_path), SkipLog())
 
 
+def test_snli_ve_jsonl_names_its_image_either_way_in_circulation(tmp_path):
+    # The generation script writes Flickr30K_ID without an extension; the data set's loading example (and several
+    # public loaders) read Flikr30kID with ".jpg". Both name the same image.
+    (tmp_path / "flickr30k-images").mkdir()
+    color_image(3).save(tmp_path / "flickr30k-images" / "3416050480.jpg", format="PNG")
+    rows = [
+        {"Flickr30K_ID": "3416050480", "sentence2": "a", "gold_label": "neutral", "pairID": "p1"},
+        {"Flikr30kID": "3416050480.jpg", "sentence2": "b", "gold_label": "entailment", "pairID": "p2"},
+        {"Flikr30kID": "3416050480", "sentence2": "c", "gold_label": "contradiction", "pairID": "p3"},
+    ]
+    (tmp_path / "snli_ve_dev.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    source = SnliVeSource(str(tmp_path / "snli_ve_dev.jsonl"), str(tmp_path), SkipLog())
+    records = [source[i] for i in range(3)]
+    assert {record.image_id for record in records} == {"snli_ve_dev.jsonl:3416050480"}
+    assert all(color_index(decode_image(record.image, "x")) == 3 for record in records)
+    assert [record.target for record in records] == [1, 2, 0]
+    (tmp_path / "other.jsonl").write_text(json.dumps({"image": "1.jpg", "sentence2": "a", "gold_label": "neutral"}))
+    with pytest.raises(DataConfigError, match="Flickr30K_ID or Flikr30kID"):
+        SnliVeSource(str(tmp_path / "other.jsonl"), str(tmp_path), SkipLog())
+
+
 def _nlvr2_images(root, folder: str, pair: str, colors: tuple[int, int]) -> None:
     (root / folder).mkdir(parents=True, exist_ok=True)
     for i, color in enumerate(colors):

@@ -364,10 +364,26 @@ def answer_vocabulary_from_arrow(paths: list[str]) -> list[str]:
 
 
 # --- SNLI-VE ---------------------------------------------------------------------------------------------------------
+# The image field of SNLI-VE jsonl files: the generation script's, and the spelling its loading example reads.
+SNLI_VE_IMAGE_FIELDS = ("Flickr30K_ID", "Flikr30kID")
+
+
+def snli_ve_image_number(row: dict, name: str) -> str:
+    """The Flickr30K image number of an SNLI-VE row ("3416050480"), from either image field, ".jpg" or not."""
+    for key in SNLI_VE_IMAGE_FIELDS:
+        if key in row:
+            value = str(row[key]).strip()
+            return value[: -len(".jpg")] if value.lower().endswith(".jpg") else value
+    raise BadRecord("bad_row", name, f"no image field ({' or '.join(SNLI_VE_IMAGE_FIELDS)})")
+
+
 class SnliVeSource(TaskSource):
-    """SNLI-VE jsonl (`snli_ve_{train,dev,test}.jsonl`: Flickr30K_ID, sentence2 (the hypothesis), gold_label,
-    pairID); images `image_root/<Flickr30K_ID>.jpg` (or under image_root/flickr30k-images/, the official
-    layout)."""
+    """SNLI-VE jsonl (`snli_ve_{train,dev,test}.jsonl`: the image, sentence2 (the hypothesis), gold_label,
+    pairID); images `image_root/<id>.jpg` (or under image_root/flickr30k-images/, the official layout).
+
+    The image is named as the files in circulation name it: `Flickr30K_ID` ("3416050480", the generation script's
+    field, no extension) or `Flikr30kID` ("3416050480.jpg", the field the data set's own loading example and
+    several public loaders read)."""
 
     def __init__(self, path: str, image_root: str | None, skip_log: SkipLog):
         _require_file(path, "SNLI-VE file")
@@ -376,12 +392,18 @@ class SnliVeSource(TaskSource):
         official = os.path.join(root, "flickr30k-images")  # write_snli.py's layout
         self.image_folder = official if os.path.isdir(official) else root
         rows = list(json_lines(path, self.name, skip_log))
-        _check_first_rows(rows, path, ("Flickr30K_ID", "sentence2", "gold_label"), "an SNLI-VE jsonl file")
+        _check_first_rows(rows, path, ("sentence2", "gold_label"), "an SNLI-VE jsonl file")
+        head = [row for _, row in rows[:100]]
+        if head and not any(key in row for row in head for key in SNLI_VE_IMAGE_FIELDS):
+            raise DataConfigError(
+                f"{path} is not an SNLI-VE jsonl file: its records name no image ({' or '.join(SNLI_VE_IMAGE_FIELDS)}"
+                f"; first record's fields: {sorted(head[0])})."
+            )
         self.entries = []
         for line, row in rows:
             name = f"{self.name}:{line}"
             try:
-                image_number, hypothesis, label = row["Flickr30K_ID"], row["sentence2"], row["gold_label"]
+                image_number, hypothesis, label = snli_ve_image_number(row, name), row["sentence2"], row["gold_label"]
                 if label not in SNLI_VE_LABELS:
                     raise BadRecord("bad_row", name, f"gold_label {label!r} is none of {sorted(SNLI_VE_LABELS)}")
                 if not isinstance(hypothesis, str):

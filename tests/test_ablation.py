@@ -25,8 +25,20 @@ def test_two_points_train_write_tables_and_resume(tmp_path):
     meter, bridgetower = rows["num_bridges=0"], rows["num_bridges=2"]
     assert meter["bridge_params"] == 0 and bridgetower["bridge_params"] == 2 * 2 * 2 * 64  # 2 LayerNorms / modality
     assert bridgetower["reference"] == "num_bridges=0"
+    # One seed: each mean is that run's own figure (from its all_results.json, or the retrieval file for RSUM), and
+    # each delta the difference to the METER reference's
+    for name, row in rows.items():
+        run = os.path.join(out, "num_bridges", name, "seed0")
+        recorded = {}
+        for file in ("all_results.json", ablation.RETRIEVAL_FILE):
+            with open(os.path.join(run, file)) as f:
+                recorded |= json.load(f)
+        for key in ("eval_itm_accuracy", "eval_mlm_accuracy", "eval_mlm_attribute_accuracy", "rsum"):
+            assert row[f"{key}_mean"] == pytest.approx(recorded[key]), (name, key)
+            assert 0 <= row[f"{key}_mean"] <= (600 if key == "rsum" else 1), (name, key)
     for key in ("eval_itm_accuracy", "eval_mlm_accuracy", "eval_mlm_attribute_accuracy", "rsum"):
-        assert 0 <= bridgetower[f"{key}_mean"] and f"{key}_delta" in bridgetower and f"{key}_delta" not in meter
+        delta = bridgetower[f"{key}_mean"] - meter[f"{key}_mean"]
+        assert bridgetower[f"{key}_delta"] == pytest.approx(delta) and f"{key}_delta" not in meter
     assert bridgetower["eval_itm_accuracy_exceeds_spread"] is False  # one seed: no spread, nothing is marked
 
     # Each point is a normal run folder, with its config saying which design it is.

@@ -15,6 +15,7 @@ import transformers
 import bridgetower_gaudi as btg
 from bridgetower_gaudi.data.synthetic import ATTRIBUTE_WORDS, synthetic_tokenizer
 from bridgetower_gaudi.modeling.backbones import set_image_size
+from bridgetower_gaudi.modeling.checkpoint_conversion import from_transformers_layout
 from bridgetower_gaudi.tasks import FINETUNING_TASKS, get_task
 from bridgetower_gaudi.training import finetune, run
 from bridgetower_gaudi.training.optimization import parameter_groups
@@ -329,6 +330,16 @@ def test_a_transformers_checkpoint_fine_tunes(tmp_path):
     source = transformers.BridgeTowerForMaskedLM(tiny_hf_config())
     source.save_pretrained(tmp_path / "hf")
     synthetic_tokenizer(task_words=True).save_pretrained(tmp_path / "hf")
+    # After 0 steps every weight of the shared model (towers, cross-modal layers, poolers) is the source's, converted
+    # from transformers' layout
+    task = get_task("snli_ve")
+    flags = ["--model_name_or_path", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "zero"), "--do_train",
+             "--max_steps", "1", *SHORT, "--synthetic_train_size", "64"]  # fmt: skip
+    built = run.build_trainer(task, *run.parse_args(flags, task)).model.state_dict()
+    expected = {k: v for k, v in from_transformers_layout(source.state_dict()).items() if k.startswith("bridgetower.")}
+    assert len(expected) > 100 and expected.keys() <= built.keys(), sorted(expected.keys() - built.keys())[:5]
+    assert [k for k in expected if not torch.equal(built[k], expected[k])] == []
+
     results = _finetune("snli_ve", tmp_path / "out", 2, "--model_name_or_path", str(tmp_path / "hf"))
     assert "eval_accuracy" in results
     tuned = btg.BridgeTowerForVisualEntailment.from_pretrained(tmp_path / "out")

@@ -11,6 +11,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -18,6 +19,7 @@ from bridgetower_gaudi import PRESETS, BridgeTowerConfig, BridgeTowerForPreTrain
 from bridgetower_gaudi.data import ExampleBuilder, ImageTransform, synthetic_tokenizer
 from bridgetower_gaudi.evaluation import (
     RetrievalData,
+    RetrievalOptions,
     evaluate_retrieval,
     naive_scores,
     recall_metrics,
@@ -51,31 +53,28 @@ def main(argv=None):
         f"({os.cpu_count()} cores), torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
 
-    options = dict(batch_size=args.batch_size, progress=False)
+    options = RetrievalOptions(k=args.k, batch_size=args.batch_size, progress=False)
     timings = {}
     start = time.perf_counter()
-    naive = naive_scores(model, pixels, data.captions, **options)
+    naive = naive_scores(model, pixels, data.captions, batch_size=args.batch_size, progress=False)
     timings["naive"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    every_pair = retrieval_scores(model, pixels, data.captions, k="all", **options)
+    every_pair = retrieval_scores(model, pixels, data.captions, replace(options, k="all"))
     timings["k=all"] = time.perf_counter() - start
     same_ranking = torch.equal(every_pair.scores.argsort(dim=0), naive.argsort(dim=0)) and torch.equal(
         every_pair.scores.argsort(dim=1), naive.argsort(dim=1)
     )
 
     start = time.perf_counter()
-    top_k = evaluate_retrieval(model, pixels, data.captions, data.caption_to_image, k=args.k, **options)
+    top_k = evaluate_retrieval(model, pixels, data.captions, data.caption_to_image, options)
     timings[f"k={args.k}"] = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as cache_dir:
-        evaluate_retrieval(
-            model, pixels, data.captions, data.caption_to_image, k=args.k, cache_dir=cache_dir, **options
-        )
+        cached_options = replace(options, cache_dir=cache_dir)
+        evaluate_retrieval(model, pixels, data.captions, data.caption_to_image, cached_options)
         start = time.perf_counter()
-        cached = evaluate_retrieval(
-            model, pixels, data.captions, data.caption_to_image, k=args.k, cache_dir=cache_dir, **options
-        )
+        cached = evaluate_retrieval(model, pixels, data.captions, data.caption_to_image, cached_options)
         timings[f"k={args.k}, towers cached"] = time.perf_counter() - start
     assert cached["images_encoded"] == cached["captions_encoded"] == 0
 

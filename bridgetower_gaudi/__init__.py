@@ -16,6 +16,7 @@ from .modeling import (
     BridgeTowerProcessor,
     preset_config,
 )
+from .pipeline import BridgeTowerPipeline, PipelineError
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,9 @@ __all__ = [
     "BridgeTowerForVisualEntailment",
     "BridgeTowerForVisualQuestionAnswering",
     "BridgeTowerModel",
+    "BridgeTowerPipeline",
     "BridgeTowerPreTrainedModel",
     "BridgeTowerProcessor",
+    "PipelineError",
     "preset_config",
 ]

@@ -3,10 +3,13 @@
     bridgetower-gaudi score     --model DIR IMAGE TEXT [TEXT ...]
     bridgetower-gaudi fill-mask --model DIR IMAGE "a [MASK] circle on the left" --top 5
     bridgetower-gaudi search    --model DIR IMAGE_DIR "a red circle on the left" --top 5
-    bridgetower-gaudi search    --model DIR IMAGE --images-for CAPTIONS.txt --top 5   # captions for an image
+    bridgetower-gaudi search    --model DIR IMAGE --rank-captions CAPTIONS.txt --top 5   # captions for an image
     bridgetower-gaudi vqa       --model DIR IMAGE "what colour is the circle?"
 
-Common flags: --output {table,json}, --device {auto,hpu,cuda,cpu}, --bf16, --batch-size, --max-length.
+Common flags: --output {table,json}, --device {auto,hpu,cuda,cpu}, --bf16, --batch-size, --max-seq-length.
+
+Flags are spelt with dashes; the run scripts' spellings (underscores: --max_seq_length, --model_name_or_path) are
+accepted too, and so are the old names --max-length and --images-for.
 
 On Gaudi, start it with PT_HPU_LAZY_MODE=1 for HPU graphs: lazy mode is chosen when torch is first imported, which
 importing this package already does, so the command cannot choose it itself.
@@ -22,14 +25,20 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="checkpoint folder (e.g. outputs/pretrain-tiny-synthetic)")
+    common.add_argument(
+        "--model", "--model_name_or_path", "--model-name-or-path", dest="model",
+        help="checkpoint folder (e.g. outputs/pretrain-tiny-synthetic); required",
+    )  # fmt: skip
     common.add_argument("--output", choices=("table", "json"), default="table", help="readable table or JSON")
     common.add_argument("--device", choices=("auto", "hpu", "cuda", "cpu"), default="auto")
     common.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    common.add_argument("--batch-size", type=int, default=32, help="pairs / images per forward (fixed on HPU)")
     common.add_argument(
-        "--max-length", type=int, default=None, help="caption length in tokens (default: the model's positions)"
+        "--batch-size", "--batch_size", type=int, default=32, help="pairs / images per forward (fixed on HPU)"
     )
+    common.add_argument(
+        "--max-seq-length", "--max_seq_length", "--max-length", dest="max_seq_length", type=int, default=None,
+        help="caption length in tokens (default: the model's positions)",
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(prog="bridgetower-gaudi", description="BridgeTower inference.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,19 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser(
         "search",
         parents=[common],
-        help="images of a folder for a sentence, or (--images-for) captions of a file for an image",
+        help="images of a folder for a sentence, or (--rank-captions) captions of a file for an image",
     )
-    search.add_argument("target", help="a folder of images (searched recursively), or an image with --images-for")
+    search.add_argument("target", help="a folder of images (searched recursively), or an image with --rank-captions")
     search.add_argument("query", nargs="?", help="the sentence to search the folder for")
     search.add_argument(
-        "--images-for",
-        metavar="TEXT_FILE",
-        help="rank the captions of TEXT_FILE (one per line) for the image given as target",
-    )
+        "--rank-captions", "--rank_captions", "--images-for", dest="rank_captions", metavar="CAPTIONS_FILE",
+        help="rank the captions of CAPTIONS_FILE (one per line) for the image given as target",
+    )  # fmt: skip
     search.add_argument("--top", type=int, default=5)
     search.add_argument("--rerank", type=int, default=16, help="ITC candidates re-ranked by ITM (with ITC heads)")
     search.add_argument(
         "--cache-dir",
+        "--cache_dir",
         help="where image states are cached (default: IMAGE_DIR/.bridgetower_cache); nothing else is written",
     )
 
@@ -86,14 +95,16 @@ def run(args) -> tuple[object, str]:
     """(what --output json prints, the readable table) for the parsed command."""
     from .pipeline import BridgeTowerPipeline, PipelineError  # torch and transformers: after --help is answered
 
-    if args.command == "search" and not args.images_for and not args.query:
-        raise PipelineError("search needs a query: search --model DIR IMAGE_DIR 'a sentence' (or --images-for FILE).")
+    if args.command == "search" and not args.rank_captions and not args.query:
+        raise PipelineError(
+            "search needs a query: search --model DIR IMAGE_DIR 'a sentence' (or --rank-captions FILE)."
+        )
     pipe = BridgeTowerPipeline.from_pretrained(
         args.model,
         device=args.device,
         bf16=args.bf16,
         batch_size=args.batch_size,
-        max_length=args.max_length,
+        max_length=args.max_seq_length,
         rerank=getattr(args, "rerank", 16),
     )
     if args.command == "score":
@@ -110,10 +121,10 @@ def run(args) -> tuple[object, str]:
             for masked in results
         ]
         return {"image": args.image, "text": args.text, "predictions": results}, "\n\n".join(tables)
-    if args.images_for:
-        if not os.path.isfile(args.images_for):
-            raise PipelineError(f"--images-for {args.images_for!r}: no such file (one caption per line).")
-        with open(args.images_for) as f:
+    if args.rank_captions:
+        if not os.path.isfile(args.rank_captions):
+            raise PipelineError(f"--rank-captions {args.rank_captions!r}: no such file (one caption per line).")
+        with open(args.rank_captions) as f:
             captions = [line.strip() for line in f if line.strip()]
         result = pipe.search_captions(args.target, captions, top=args.top)
         table = _table(*_score_columns(result.matches, "caption"))
@@ -128,7 +139,10 @@ def run(args) -> tuple[object, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is None:  # not argparse's required=True: any of the model flag's spellings may give it
+        parser.error("the following arguments are required: --model")
     from .pipeline import PipelineError
 
     try:

@@ -7,7 +7,7 @@ python run_scripts/run_eval_retrieval.py --model_name_or_path DIR --k all      #
 torchrun --nproc_per_node 8 run_scripts/run_eval_retrieval.py ...             # ranks split the images
 python run_scripts/run_eval_retrieval.py --help                               # every flag
 
-See bridgetower_gaudi/evaluation/retrieval.py for the method.
+The method: bridgetower_gaudi/evaluation/retrieval/__init__.py.
 """
 
 import os

@@ -1,35 +1,39 @@
 """Retrieval evaluation: top-k re-ranking equals the official rule, k=all ranks exactly as every pair through the
 whole model, the metrics by hand, the tower cache, the script end to end, and two gloo ranks.
 
-Run as a script (`python tests/test_retrieval_eval.py PORT MODEL_DIR DATA_FILE OUT_DIR`) it is one of the two ranks
-of the distributed test."""
+Run under torchrun (`torchrun --standalone --nproc_per_node 2 tests/test_retrieval_eval.py MODEL_DIR DATA_FILE
+OUT_DIR`) it is the two ranks of the distributed test."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
 from bridgetower_gaudi import BridgeTowerForImageAndTextRetrieval, BridgeTowerForPreTraining
+from bridgetower_gaudi.data import ExampleBuilder, ImageTransform
 from bridgetower_gaudi.data.synthetic import draw_shape, synthetic_attributes, synthetic_tokenizer
 from bridgetower_gaudi.evaluation import (
+    RetrievalData,
     RetrievalError,
+    RetrievalOptions,
     combine_directions,
     evaluate_retrieval,
+    karpathy_records,
     naive_scores,
     recall_metrics,
     retrieval_scores,
+    synthetic_records,
     top_k_masks,
 )
 from bridgetower_gaudi.evaluation.retrieval import RESULTS_FILE, main
+from tests.processes import run_checked, torchrun
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, CAPTIONS_PER_IMAGE = 6, 2
 # Random weights 10x the usual scale: ITM scores then differ between pairs by far more than float rounding, so
 # "ranks exactly the same" is a real test (at the usual scale the gaps are ~1e-7).
@@ -78,7 +82,7 @@ def naive(model, data):
 # --- the scores ---------------------------------------------------------------------------------------------------
 def test_k_all_ranks_exactly_as_every_pair_through_the_whole_model(model, data, naive):
     images, captions, caption_to_image = data
-    fast = retrieval_scores(model, images, captions, k="all", batch_size=8, progress=False)
+    fast = retrieval_scores(model, images, captions, RetrievalOptions(k="all", batch_size=8, progress=False))
     sorted_scores = naive.flatten().sort().values
     assert (sorted_scores[1:] - sorted_scores[:-1]).min() > 1e-5  # distinct scores: the ranking is well defined
     assert fast.pairs_scored == naive.numel()
@@ -91,27 +95,36 @@ def test_k_all_ranks_exactly_as_every_pair_through_the_whole_model(model, data, 
 def test_top_k_scores_its_candidates_by_itm_and_the_rest_minus_100_as_the_official_rule(model, data, naive):
     images, captions, _ = data
     k = 2
-    result = retrieval_scores(model, images, captions, k=k, batch_size=7, progress=False)
-
-    # ITC: cosine similarities of the model's own ITC embeddings of each tower's output
-    with torch.no_grad():
-        bridgetower = model.bridgetower
-        image_embeds = model.itc_image_embeddings(bridgetower.encode_image(images))
-        text_embeds = model.itc_text_embeddings(bridgetower.encode_text(**captions))
-    torch.testing.assert_close(result.itc, image_embeds @ text_embeds.t(), rtol=0, atol=1e-6)
-
-    # written out pair by pair: ITM on a pair among an image's k best captions or a caption's k best images
-    expected = torch.full_like(naive, -100.0)
-    for i in range(NUM_IMAGES):
-        for t in range(NUM_IMAGES * CAPTIONS_PER_IMAGE):
-            best_captions = result.itc[i].topk(k).indices.tolist()
-            best_images = result.itc[:, t].topk(k).indices.tolist()
-            if t in best_captions or i in best_images:
-                expected[i, t] = naive[i, t]
+    result = retrieval_scores(model, images, captions, RetrievalOptions(k=k, batch_size=7, progress=False))
+    torch.testing.assert_close(result.itc, itc_by_hand(model, images, captions), rtol=0, atol=1e-6)
+    expected = official_scores_by_hand(naive, result.itc, k)
     outside = expected == -100.0
     assert 0 < outside.sum() < outside.numel() - NUM_IMAGES * k  # some pairs left out, more than k per image in
     assert result.pairs_scored == int((~outside).sum())
     torch.testing.assert_close(result.scores, expected, rtol=0, atol=1e-5)
+
+
+def itc_by_hand(model, images, captions) -> torch.Tensor:
+    """(images x captions) cosine similarities of the model's own ITC embeddings of each tower's output."""
+    with torch.no_grad():
+        bridgetower = model.bridgetower
+        image_embeds = model.itc_image_embeddings(bridgetower.encode_image(images))
+        text_embeds = model.itc_text_embeddings(bridgetower.encode_text(**captions))
+    return image_embeds @ text_embeds.t()
+
+
+def official_scores_by_hand(itm: torch.Tensor, itc: torch.Tensor, k: int) -> torch.Tensor:
+    """The official rule written out pair by pair: ITM on a pair among an image's k best captions or a caption's k
+    best images (by ITC), -100 elsewhere."""
+    expected = torch.full_like(itm, -100.0)
+    num_images, num_captions = itm.shape
+    for i in range(num_images):
+        for t in range(num_captions):
+            best_captions = itc[i].topk(min(k, num_captions)).indices.tolist()
+            best_images = itc[:, t].topk(min(k, num_images)).indices.tolist()
+            if t in best_captions or i in best_images:
+                expected[i, t] = itm[i, t]
+    return expected
 
 
 def test_combine_directions_is_the_elementwise_max_of_the_two_directions_masked_to_minus_100():
@@ -184,14 +197,14 @@ def test_the_tower_cache_is_reused_and_follows_the_weights(data, tmp_path, monke
     model = tiny_retrieval_model()
     images, captions, _ = data
     calls = _count_tower_calls(model, monkeypatch)
-    options = dict(k=3, batch_size=4, cache_dir=str(tmp_path), progress=False)
+    options = RetrievalOptions(k=3, batch_size=4, cache_dir=str(tmp_path), progress=False)
 
-    first = retrieval_scores(model, images, captions, **{**options, "k": "all"})
+    first = retrieval_scores(model, images, captions, replace(options, k="all"))
     assert calls == {"image": 2, "text": 3}  # 6 images and 12 captions in batches of 4
     assert (first.images_encoded, first.captions_encoded) == (NUM_IMAGES, NUM_IMAGES * CAPTIONS_PER_IMAGE)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
 
-    second = retrieval_scores(model, images, captions, **options)  # another k: the same tower states
+    second = retrieval_scores(model, images, captions, options)  # another k: the same tower states
     assert calls == {"image": 2, "text": 3}  # no tower ran again
     assert (second.images_encoded, second.captions_encoded) == (0, 0)
     assert torch.equal(second.itc, first.itc)
@@ -200,11 +213,11 @@ def test_the_tower_cache_is_reused_and_follows_the_weights(data, tmp_path, monke
 
     with torch.no_grad():  # another checkpoint: one changed vision weight
         model.bridgetower.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(2.0)
-    third = retrieval_scores(model, images, captions, **options)
+    third = retrieval_scores(model, images, captions, options)
     assert calls == {"image": 4, "text": 6}  # both towers ran again: the key covers every weight
     assert third.images_encoded == NUM_IMAGES and not torch.allclose(third.itc, first.itc)
 
-    retrieval_scores(model, images.flip(0), captions, **options)  # other pixels, same weights and captions
+    retrieval_scores(model, images.flip(0), captions, options)  # other pixels, same weights and captions
     assert calls == {"image": 6, "text": 6}
 
 
@@ -216,11 +229,13 @@ def test_itm_only_models_evaluate_every_pair_and_refuse_top_k(data, naive):
     retrieval = BridgeTowerForImageAndTextRetrieval(tiny_config(**SPREAD))
     loaded = retrieval.load_state_dict(tiny_retrieval_model().state_dict(), strict=False)
     assert not loaded.missing_keys  # the same towers, cross-modal encoder and ITM head as the fixture's model
-    metrics = evaluate_retrieval(retrieval, images, captions, caption_to_image, k="all", progress=False)
+    metrics = evaluate_retrieval(
+        retrieval, images, captions, caption_to_image, RetrievalOptions(k="all", progress=False)
+    )
     assert metrics == {**metrics, **recall_metrics(naive, caption_to_image)}  # the same model: the same numbers
     assert "itc_rsum" not in metrics and metrics["pairs_scored"] == naive.numel()
     with pytest.raises(RetrievalError, match="k='all'"):
-        evaluate_retrieval(retrieval, images, captions, caption_to_image, k=3, progress=False)
+        evaluate_retrieval(retrieval, images, captions, caption_to_image, RetrievalOptions(k=3, progress=False))
 
 
 # --- the script ---------------------------------------------------------------------------------------------------
@@ -253,6 +268,19 @@ def _karpathy_file(folder) -> str:
     return str(path)
 
 
+def metrics_by_hand(checkpoint: str, records, k: int | None) -> dict:
+    """The script's metrics recomputed without it: the data as the script reads it (blip transform, 40 tokens), every
+    pair through the whole model, ITC from the model's own embeddings, the official rule written out by hand."""
+    model = BridgeTowerForPreTraining.from_pretrained(checkpoint).eval()
+    transform = ImageTransform(model.config.vision_config.image_size, "blip")
+    data = RetrievalData.from_records(records, ExampleBuilder(synthetic_tokenizer(), transform, 40))
+    images = torch.stack([data.images[i] for i in range(len(data.images))])
+    itm = naive_scores(model, images, data.captions, progress=False)
+    itc = itc_by_hand(model, images, data.captions)
+    scores = itm if k is None else official_scores_by_hand(itm, itc, k)
+    return {**recall_metrics(scores, data.caption_to_image), **recall_metrics(itc, data.caption_to_image, "itc_")}
+
+
 def test_the_script_evaluates_a_karpathy_split_and_reuses_its_cache(checkpoint, tmp_path, capsys):
     data_file = _karpathy_file(tmp_path)
     argv = ["--model_name_or_path", checkpoint, "--data_file", data_file, "--image_root", str(tmp_path)]
@@ -262,9 +290,8 @@ def test_the_script_evaluates_a_karpathy_split_and_reuses_its_cache(checkpoint, 
     written = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
     assert written == first
     assert (written["num_images"], written["num_captions"], written["k"]) == (4, 8, 3)
-    names = [f"{side}_r{k}" for side in ("ir", "tr") for k in (1, 5, 10)]
-    assert all(0 <= written[name] <= 100 for name in names)
-    assert written["rsum"] == pytest.approx(sum(written[name] for name in names))
+    expected = metrics_by_hand(checkpoint, karpathy_records(data_file, str(tmp_path), "test"), k=3)
+    assert {name: written[name] for name in expected} == pytest.approx(expected, abs=1e-9)
     assert written["ir_r10"] == written["tr_r10"] == 100.0  # 4 images, 8 captions: the top 10 holds them all
     assert "rsum" in capsys.readouterr().out
 
@@ -278,7 +305,9 @@ def test_the_script_runs_on_synthetic_data_and_reports_bad_flags(checkpoint, tmp
     argv += ["--k", "all", "--device", "cpu", "--num_workers", "0", "--no_progress", "--output_dir", str(tmp_path)]
     results = main(argv)
     assert (results["num_images"], results["num_captions"], results["pairs_scored"]) == (5, 10, 50)
-    assert results["itc_rsum"] >= 0  # the checkpoint has ITC heads: ITC alone is reported beside
+    # The checkpoint has ITC heads: ITC alone is reported beside, and both are what the model computes.
+    expected = metrics_by_hand(checkpoint, synthetic_records(5, 2, seed=10_007, image_size=64), k=None)
+    assert {name: results[name] for name in expected} == pytest.approx(expected, abs=1e-9)
     with pytest.raises(SystemExit, match="positive number"):
         main(["--model_name_or_path", checkpoint, "--k", "zero"])
     with pytest.raises(SystemExit, match="no images in split"):
@@ -290,15 +319,10 @@ def test_two_gloo_ranks_split_the_images_and_return_the_single_process_scores(tm
     model, (images, captions, _) = tiny_retrieval_model(), random_data()
     model.save_pretrained(tmp_path / "model")
     torch.save({"images": images, "captions": captions}, tmp_path / "data.pt")
-    single = retrieval_scores(model, images, captions, k=3, batch_size=4, progress=False)
+    single = retrieval_scores(model, images, captions, RetrievalOptions(k=3, batch_size=4, progress=False))
 
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    argv = [sys.executable, os.path.abspath(__file__), port, str(tmp_path / "model"), str(tmp_path / "data.pt")]
-    done = subprocess.run(argv + [str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torchrun(2, os.path.abspath(__file__), str(tmp_path / "model"), str(tmp_path / "data.pt"), str(tmp_path))
+    done = run_checked(ranks, timeout=300)
     # the ranks share one pipe, so their lines may interleave: match the reports, not the lines
     assert sorted(re.findall(r"RANK \d images_encoded=\d+", done.stdout)) == [
         "RANK 0 images_encoded=3",
@@ -310,15 +334,17 @@ def test_two_gloo_ranks_split_the_images_and_return_the_single_process_scores(tm
         assert torch.equal((scores == -100.0), (single.scores == -100.0))
 
 
-def _rank_main(rank: int, port: str, model_dir: str, data_file: str, out_dir: str) -> None:
+def _rank_main(model_dir: str, data_file: str, out_dir: str) -> None:
+    """One rank under torchrun (RANK, WORLD_SIZE and the rendezvous address come from it)."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
     model = BridgeTowerForPreTraining.from_pretrained(model_dir).eval()
     data = torch.load(data_file)
-    result = retrieval_scores(model, data["images"], data["captions"], k=3, batch_size=4, progress=False)
+    options = RetrievalOptions(k=3, batch_size=4, progress=False)
+    result = retrieval_scores(model, data["images"], data["captions"], options)
     torch.save(result.scores, os.path.join(out_dir, f"scores{rank}.pt"))
     sys.stdout.write(f"RANK {rank} images_encoded={result.images_encoded}\n")  # one write per line: a shared pipe
     sys.stdout.flush()
@@ -326,4 +352,4 @@ def _rank_main(rank: int, port: str, model_dir: str, data_file: str, out_dir: st
 
 
 if __name__ == "__main__":
-    torch.multiprocessing.spawn(_rank_main, args=tuple(sys.argv[1:5]), nprocs=2)
+    _rank_main(*sys.argv[1:4])

@@ -1,31 +1,7 @@
-"""Evaluation beyond the trainer's per-batch metrics: image-text retrieval (IR@K, TR@K, RSUM)."""
+"""Evaluation beyond the trainer's per-batch metrics: image-text retrieval (IR@K, TR@K, RSUM; `retrieval`) and the
+VQA answers and metrics (`vqa`). The retrieval API is re-exported here."""
 
-from .retrieval import (
-    RetrievalArguments,
-    RetrievalData,
-    RetrievalError,
-    RetrievalScores,
-    combine_directions,
-    evaluate_retrieval,
-    karpathy_records,
-    naive_scores,
-    recall_metrics,
-    retrieval_scores,
-    synthetic_records,
-    top_k_masks,
-)
+from . import retrieval
+from .retrieval import *  # noqa: F403 (the retrieval package's public names, as its __all__ lists them)
 
-__all__ = [
-    "RetrievalArguments",
-    "RetrievalData",
-    "RetrievalError",
-    "RetrievalScores",
-    "combine_directions",
-    "evaluate_retrieval",
-    "karpathy_records",
-    "naive_scores",
-    "recall_metrics",
-    "retrieval_scores",
-    "synthetic_records",
-    "top_k_masks",
-]
+__all__ = retrieval.__all__

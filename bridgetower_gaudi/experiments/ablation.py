@@ -48,8 +48,8 @@ PAPER_BRIDGES = (
 
 # The default run: the tiny preset with 3 cross-modal layers (its towers have 3 layers, so 0-2 bridges and 1-3
 # layers can be compared) on the harder synthetic task, where which object a word describes depends on the other one.
-# The tiny synthetic runs' init (TINY_SYNTHETIC_INITIALIZER_FACTOR): with the official 0.02, ITM was still at
-# chance after the 300 steps (held-out 0.47 / 0.48, seeds 0-1), so every bridge tied; 2.5 gave 0.72.
+# The tiny synthetic runs' init (TINY_SYNTHETIC_INITIALIZER_FACTOR), not the official 0.02, with which ITM stayed at
+# chance for 300 steps and every bridge tied: measured in docs/results/ablations.md ("How to run it").
 DEFAULT_MODEL_FLAGS = ["--config_name", "tiny"]
 DEFAULT_MODEL_OVERRIDES = {"num_hidden_layers": 3, "initializer_factor": TINY_SYNTHETIC_INITIALIZER_FACTOR}
 DEFAULT_DATA_FLAGS = [
@@ -60,9 +60,9 @@ DEFAULT_DATA_FLAGS = [
     "--max_seq_length", "16",
 ]  # fmt: skip
 # Always first, so any flag the user gives wins. Cheap steps, so that a 3-seed grid fits in minutes on 2 CPU cores:
-# one pass and in-batch ITM negatives (README, "The step": the vision tower runs once per batch and no extra image
-# is drawn). No intermediate checkpoints: the final model is the checkpoint. The default run's learning rate (5e-4;
-# 1e-3 and 2e-3 learned less in 300 steps on the relations task).
+# in-batch ITM negatives (the vision tower runs once per batch and no extra image is drawn). No intermediate
+# checkpoints: the final model is the checkpoint. The default run's learning rate (5e-4; the learning rates tried on
+# the relations task, dated: docs/results/ablations.md).
 TRAINING_FLAGS = [
     "--do_train", "--do_eval",
     "--max_steps", "300",
@@ -87,6 +87,8 @@ METRICS = (
     ("RSUM", "rsum", 1.0),
 )
 POINT_FILE = "ablation_point.json"
+# Every point runs the pre-training entry point as a module of the installed package (a wheel has no run_scripts/).
+LAUNCHER = (sys.executable, "-m", "bridgetower_gaudi.training.pretrain")
 RETRIEVAL_FILE = "ablation_retrieval.json"
 
 
@@ -216,15 +218,27 @@ def parse_args(argv: list[str] | None = None) -> AblationArguments:
     parser.add_argument("--values", help="Comma-separated points (default: the grid's own; the reference is added).")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per point: --seed, --seed + 1, ...")
     parser.add_argument("--parallel", type=int, default=1, help="Runs at once (each one process).")
-    parser.add_argument("--output_dir", default="outputs/ablations")
+    # Underscores as run_pretrain.py; the dashed spellings (the console script's style) are accepted too.
+    parser.add_argument("--output_dir", "--output-dir", default="outputs/ablations")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
-    parser.add_argument("--config_overrides", default=None, help="Config fields for every point (key=value,...).")
-    parser.add_argument("--retrieval_images", type=int, default=64, help="Held-out images for retrieval (0: none).")
-    parser.add_argument("--retrieval_k", default="all", help="ITM re-ranks this many ITC candidates, or all pairs.")
+    parser.add_argument(
+        "--config_overrides", "--config-overrides", default=None, help="Config fields for every point (key=value,...)."
+    )
+    parser.add_argument(
+        "--retrieval_images",
+        "--retrieval-images",
+        type=int,
+        default=64,
+        help="Held-out images for retrieval (0: none).",
+    )
+    parser.add_argument(
+        "--retrieval_k", "--retrieval-k", default="all", help="ITM re-ranks this many ITC candidates, or all pairs."
+    )
     args, run_flags = parser.parse_known_args(argv)
     if args.seeds < 1 or args.parallel < 1:
         raise AblationError("--seeds and --parallel must be at least 1.")
-    given = {flag.split("=")[0] for flag in run_flags if flag.startswith("--")}
+    # run_pretrain.py's flags in either spelling (HfArgumentParser takes both), compared with underscores
+    given = {"--" + flag[2:].split("=")[0].replace("-", "_") for flag in run_flags if flag.startswith("--")}
     for own in ("--output_dir", "--seed", "--overwrite_output_dir", "--model_name_or_path"):
         if own in given:  # argparse took ours; these are what a pass-through copy would be
             raise AblationError(f"{own} is set per point by the ablation; drop it.")
@@ -305,11 +319,15 @@ def check_points(points: list[Point], base) -> None:
 def point_command(args: AblationArguments, point: Point, seed: int, run_dir: str) -> list[str]:
     overrides = {**args.config_overrides, **point.overrides}
     text = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items())
-    script = os.path.join(os.path.dirname(__file__), "..", "..", "run_scripts", "run_pretrain.py")
     flags = [*args.run_flags, *point.flags, "--seed", str(seed), "--output_dir", run_dir, "--overwrite_output_dir"]
     if text:
         flags += ["--config_overrides", text]
-    return [sys.executable, os.path.normpath(script), *flags]
+    return [*LAUNCHER, *flags]
+
+
+def run_flags_of(command: list[str]) -> list[str]:
+    """A point command's flags (what a finished run is recognised by; the interpreter may differ)."""
+    return command[len(LAUNCHER) :]
 
 
 # --- running ---------------------------------------------------------------------------------------------------------
@@ -328,7 +346,7 @@ def _read_json(path: str) -> dict | None:
 def finished(run_dir: str, command: list[str]) -> bool:
     """The run in `run_dir` ran to the end with exactly these flags (the interpreter may differ)."""
     stored = _read_json(os.path.join(run_dir, POINT_FILE)) or {}
-    same = stored.get("flags") == command[2:]
+    same = stored.get("flags") == run_flags_of(command)
     return same and stored.get("seconds") is not None and os.path.isfile(os.path.join(run_dir, "all_results.json"))
 
 
@@ -339,9 +357,10 @@ def train_point(command: list[str], run_dir: str, log) -> float:
         if os.path.exists(os.path.join(run_dir, stale)):
             os.remove(os.path.join(run_dir, stale))
     with open(os.path.join(run_dir, POINT_FILE), "w") as f:
-        json.dump({"flags": command[2:], "seconds": None}, f, indent=2)
+        json.dump({"flags": run_flags_of(command), "seconds": None}, f, indent=2)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # several runs share the cores: one thread each unless told otherwise
+    env.setdefault("PT_HPU_LAZY_MODE", "1")  # as run_pretrain.py sets it before torch is imported (Gaudi only)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log(f"train {run_dir}")
     start = time.time()
@@ -353,7 +372,7 @@ def train_point(command: list[str], run_dir: str, log) -> float:
             tail = f.read()[-3000:]
         raise RuntimeError(f"{run_dir} failed (exit code {code}); the end of its ablation.log:\n{tail}")
     with open(os.path.join(run_dir, POINT_FILE), "w") as f:
-        json.dump({"flags": command[2:], "seconds": seconds}, f, indent=2)
+        json.dump({"flags": run_flags_of(command), "seconds": seconds}, f, indent=2)
     return seconds
 
 
@@ -396,7 +415,7 @@ def evaluate_point_retrieval(args: AblationArguments, run_dir: str, seed: int) -
 
     from ..data.dataset import ExampleBuilder
     from ..data.images import ImageTransform, evaluation_transform
-    from ..evaluation.retrieval import RetrievalData, evaluate_retrieval
+    from ..evaluation.retrieval import RetrievalData, RetrievalOptions, evaluate_retrieval
     from ..modeling import BridgeTowerForPreTraining
 
     model = BridgeTowerForPreTraining.from_pretrained(run_dir).eval()
@@ -408,9 +427,8 @@ def evaluate_point_retrieval(args: AblationArguments, run_dir: str, seed: int) -
         transform = ImageTransform(image_size, evaluation_transform(getattr(model.config, "image_transform", "clip")))
         data = RetrievalData.from_records(records, ExampleBuilder(tokenizer, transform, data_args.max_seq_length))
         with torch.inference_mode():
-            metrics = evaluate_retrieval(
-                model, data.images, data.captions, data.caption_to_image, k=args.retrieval_k, progress=False
-            )
+            options = RetrievalOptions(k=args.retrieval_k, progress=False)
+            metrics = evaluate_retrieval(model, data.images, data.captions, data.caption_to_image, options)
     with open(path, "w") as f:
         json.dump(metrics, f, indent=2)
     return metrics or None

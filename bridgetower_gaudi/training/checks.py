@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..data import DataArguments
 from ..data.sources import expand_shards, is_url
 from ..modeling import PRESETS, BridgeTowerConfig
+from ..modeling.configuration import usable_text_positions
 from .arguments import ModelArguments
 
 CHECKPOINT_FOLDER = re.compile(r"checkpoint-\d+")  # what transformers' get_last_checkpoint resumes from
@@ -149,26 +150,14 @@ class TowerShapes:
     text_positions: int  # the longest caption the text tower can number
 
 
-def usable_text_positions(backbone: str, max_position_embeddings: int, pad_token_id: int | None) -> int:
-    """RoBERTa numbers positions from pad_token_id + 1 (max_position_embeddings - 2 with its pad id 1); BERT from
-    0."""
-    if backbone == "roberta":
-        return max_position_embeddings - (1 if pad_token_id is None else pad_token_id) - 1
-    return max_position_embeddings
-
-
 def _has_config(path: str) -> bool:
     """A local folder (or file) with a config: read cheaply. Hub names are not fetched here."""
     return os.path.isfile(path) or os.path.isfile(os.path.join(path, "config.json"))
 
 
 def _bridgetower_shapes(config: BridgeTowerConfig, source: str, image_size: int | None) -> TowerShapes:
-    text = config.text_config
     return TowerShapes(
-        source,
-        image_size or config.vision_config.image_size,
-        config.vision_config.patch_size,
-        usable_text_positions(config.text_backbone, text.max_position_embeddings, text.pad_token_id),
+        source, image_size or config.vision_config.image_size, config.vision_config.patch_size, config.text_positions
     )
 
 

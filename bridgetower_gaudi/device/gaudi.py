@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
 from transformers import Trainer
+from transformers.modeling_utils import ModuleUtilsMixin, PreTrainedModel
 from transformers.models.bert import modeling_bert
 from transformers.models.clip import modeling_clip
 
@@ -22,32 +23,45 @@ class BridgeTowerGaudiTrainingArguments(GaudiTrainingArguments, ExampleScriptArg
     """GaudiTrainingArguments (Gaudi's own defaults) plus the run_bridgetower.py flags it lacks."""
 
 
-# What adapt_transformers_to_gaudi() (run by GaudiTrainingArguments on HPU) replaces in our towers' transformers
-# code. Its CLIP classes ignore attn_implementation, pass scale=1 to FusedSDPA although 4.55 no longer pre-scales
-# queries, and fail with a 4-D padding mask; its BERT SDPA forward drops attention dropout in training. The towers
-# stay transformers' own and get the fused kernel through the attention registry instead (--use_flash_attention).
-_TOWER_ATTRIBUTES = [
-    (modeling_clip, name)
-    for name in (
-        "CLIPVisionEmbeddings",
-        "CLIPAttention",
-        "CLIPEncoderLayer",
-        "CLIPEncoder",
-        "CLIPVisionTransformer",
-        "CLIPVisionModel",
-    )
-] + [(modeling_bert.BertSdpaSelfAttention, "forward"), (modeling_bert.BertModel, "forward")]
+# What adapt_transformers_to_gaudi() (run by GaudiTrainingArguments on HPU) replaces in the transformers code our towers
+# are built from. Its CLIP classes ignore attn_implementation, pass scale=1 to FusedSDPA although 4.55 no longer
+# pre-scales queries, and fail with a 4-D padding mask; its BERT SDPA forward drops attention dropout in training; its
+# mask helpers (get_extended_attention_mask, invert_attention_mask) compute the masks outside autocast; its
+# _check_and_enable_sdpa puts RoBERTa on eager attention. The towers stay transformers' own and get the fused kernel
+# through the attention registry instead (--use_flash_attention). Its security patches (PretrainedConfig.__init__)
+# and everything outside the towers are kept.
+_TOWER_ATTRIBUTES = (
+    [
+        (modeling_clip, name)
+        for name in (
+            "CLIPVisionEmbeddings",
+            "CLIPAttention",
+            "CLIPEncoderLayer",
+            "CLIPEncoder",
+            "CLIPVisionTransformer",
+            "CLIPVisionModel",
+        )
+    ]
+    + [(modeling_bert.BertSdpaSelfAttention, "forward"), (modeling_bert.BertModel, "forward")]
+    + [(ModuleUtilsMixin, "get_extended_attention_mask"), (ModuleUtilsMixin, "invert_attention_mask")]
+    + [(PreTrainedModel, "_check_and_enable_sdpa")]
+)
+_ABSENT = object()
 
 
 @contextlib.contextmanager
 def transformers_towers_kept():
-    """Undo, on exit, what optimum-habana patches in the CLIP / BERT code our towers are built from."""
-    saved = [(owner, name, getattr(owner, name)) for owner, name in _TOWER_ATTRIBUTES]
+    """Undo, on exit, what optimum-habana patches in the transformers code our towers are built from: each attribute
+    as the owner itself defined it (a classmethod stays one), and what the patch added is removed."""
+    saved = [(owner, name, vars(owner).get(name, _ABSENT)) for owner, name in _TOWER_ATTRIBUTES]
     try:
         yield
     finally:
         for owner, name, value in saved:
-            setattr(owner, name, value)
+            if value is not _ABSENT:
+                setattr(owner, name, value)
+            elif name in vars(owner):
+                delattr(owner, name)
 
 
 def use_gaudi_fused_sdpa() -> None:
@@ -62,18 +76,17 @@ def use_gaudi_fused_sdpa() -> None:
 
 def load_gaudi_config(args) -> GaudiConfig:
     """The GaudiConfig: `--gaudi_config_name` or the shipped one (fused AdamW, fused clip-norm, bf16 autocast). Under
-    DeepSpeed, bf16 comes from the DeepSpeed JSON and the optimizer is torch's AdamW (optimum-habana's DeepSpeed
-    guide: no fused AdamW, no autocast)."""
+    DeepSpeed, bf16 comes from the DeepSpeed JSON (no autocast: optimum-habana's DeepSpeed guide); fused AdamW stays,
+    as DeepSpeed's own FusedAdam (`CorrectedGaudiTrainer.hpu_optimizer`)."""
     config = GaudiConfig.from_pretrained(args.gaudi_config_name or DEFAULT_GAUDI_CONFIG)
     if args.deepspeed:
         config.use_torch_autocast = False
-        config.use_fused_adam = False
     return config
 
 
 class CorrectedGaudiTrainer(GaudiTrainer):
     """GaudiTrainer with the GaudiConfig loaded from the arguments, transformers' loss scaling under gradient
-    accumulation, and Habana's fused AdamW offered to subclasses (`fused_adamw_class`). Knows nothing of
+    accumulation, and Habana's fused AdamW offered to subclasses (`hpu_optimizer`). Knows nothing of
     BridgeTower: `training.trainer` puts BridgeTower's optimizer groups and metrics on top."""
 
     def __init__(self, *args, gaudi_config: GaudiConfig | None = None, **kwargs):
@@ -81,13 +94,21 @@ class CorrectedGaudiTrainer(GaudiTrainer):
         training_args = kwargs.get("args")
         super().__init__(*args, gaudi_config=gaudi_config or load_gaudi_config(training_args), **kwargs)
 
-    def fused_adamw_class(self):
-        """Habana's FusedAdamW when the GaudiConfig asks for it on HPU (not under DeepSpeed), else None."""
-        if self.gaudi_config.use_fused_adam and self.args.use_habana and not self.args.deepspeed:
-            from habana_frameworks.torch.hpex.optimizers import FusedAdamW
+    def hpu_optimizer(self):
+        """(optimizer class, extra kwargs) of Habana's fused AdamW when the GaudiConfig asks for it on HPU, else None
+        (torch's AdamW). Without DeepSpeed: habana_frameworks' FusedAdamW, as GaudiTrainer uses it. Under DeepSpeed:
+        DeepSpeed's FusedAdam in AdamW mode, the optimizer ZeRO (stage 3 included) is tested with; on HPU its op
+        builder (op_builder/hpu/fused_adam.py, in Habana's fork and upstream) runs the same Habana kernel
+        (torch.ops.hpu.optimizer_adamw)."""
+        if not (self.gaudi_config.use_fused_adam and self.args.use_habana):
+            return None
+        if self.args.deepspeed:
+            from deepspeed.ops.adam import FusedAdam
 
-            return FusedAdamW
-        return None
+            return FusedAdam, {"adam_w_mode": True}
+        from habana_frameworks.torch.hpex.optimizers import FusedAdamW
+
+        return FusedAdamW, {}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # GaudiTrainer 1.21.2 divides the loss by the accumulation steps only under lazy mode + pipelining_fwd_bwd;

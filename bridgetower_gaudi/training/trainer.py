@@ -232,10 +232,12 @@ class BridgeTowerTrainerMixin:
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        # Kept on the device and read once per optimizer step (skip_nonfinite_step), not once per micro-step.
+        # Kept on the device (skip_nonfinite_step decides there), never read per micro-step.
         nonfinite = ~torch.isfinite(loss.detach())
         self._nonfinite_loss = nonfinite if self._nonfinite_loss is None else self._nonfinite_loss | nonfinite
-        return loss
+        # What Trainer adds to the logged loss: a non-finite micro-step adds 0, selected on the device (transformers'
+        # logging_nan_inf_filter, off here, substitutes the running mean but reads the loss on the host every time).
+        return torch.where(nonfinite, torch.zeros_like(loss), loss)
 
     def skip_nonfinite_step(self) -> None:
         """Before the optimizer step: if any micro-step's loss or any gradient is non-finite (on any rank), the
@@ -630,12 +632,12 @@ def gaudi_trainer_class():
     from ..device.gaudi import CorrectedGaudiTrainer
 
     class GaudiBridgeTowerTrainer(BridgeTowerTrainerMixin, CorrectedGaudiTrainer):
-        """GaudiTrainer with BridgeTower's optimizer groups (Habana's fused AdamW when the GaudiConfig says so),
-        evaluation collator and skipped-record report."""
+        """GaudiTrainer with BridgeTower's optimizer groups (Habana's fused AdamW when the GaudiConfig says so, also
+        under DeepSpeed), evaluation collator and skipped-record report."""
 
         def optimizer_class(self):
-            fused = self.fused_adamw_class()
-            return (fused, {}) if fused is not None else super().optimizer_class()
+            fused = self.hpu_optimizer()
+            return fused if fused is not None else super().optimizer_class()
 
     return GaudiBridgeTowerTrainer
 

@@ -365,12 +365,29 @@ class KeepStreamState:
         return batch
 
 
+_HOST_GROUP: dict = {}
+
+
+def host_group():
+    """A process group whose collectives run on host (CPU) tensors: None for the default group when it is gloo, a
+    gloo group made once otherwise (every rank creates it at the same point: the first streaming loader), False
+    when not distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if torch.distributed.get_backend() == "gloo":
+        return None
+    if "group" not in _HOST_GROUP:
+        _HOST_GROUP["group"] = torch.distributed.new_group(backend="gloo")
+    return _HOST_GROUP["group"]
+
+
 class StreamingLoader:
     """What the trainer iterates for a streaming dataset: the DataLoader's batches, with
 
-    - the same number of batches on every rank: before each batch the ranks agree (one all-reduce of one flag)
-      that all of them still have one, and the first rank to run out ends the epoch for all (a common cap: batches
-      the longer ranks had left are not used in that epoch). Unevenly sized shards would otherwise give the ranks
+    - the same number of batches on every rank: before each batch the ranks agree (one all-reduce of one flag in
+      host memory over gloo: no device sync, see `_all_have_a_batch`) that all of them still have one, and the
+      first rank to run out ends the epoch for all (a common cap: batches the longer ranks had left are not used in
+      that epoch). Unevenly sized shards would otherwise give the ranks
       different step counts, and the collectives of the longer ranks' extra steps would wait for ever;
     - the position of each reader's last consumed batch (`state()`, saved with each checkpoint; `resume(state)`
       continues from there: no batch is read twice or skipped, and nothing is replayed).
@@ -395,11 +412,15 @@ class StreamingLoader:
                        "shuffle_block": state["shuffle_block"]}  # fmt: skip
 
     def _all_have_a_batch(self, have: bool) -> bool:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        """Whether every rank has this batch: a MIN over the ranks of a flag in host memory, through a gloo group (the
+        default one when it is gloo): nothing on the device waits for it, so the training step never syncs with the
+        host for it (an all-reduce on the device plus `.item()` would flush the step's graph on Gaudi every batch)."""
+        group = host_group()
+        if group is False:
             return have
-        flag = torch.tensor([1 if have else 0], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
+        flag = torch.tensor([1 if have else 0], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
+        return flag.numpy()[0] == 1  # host memory: numpy reads it without a dispatched op
 
     def __iter__(self):
         resumed = self._start is not None

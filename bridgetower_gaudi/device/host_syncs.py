@@ -49,6 +49,10 @@ def _sync_name(func, args, kwargs) -> str | None:
     return None
 
 
+# Frames left out of recorded stacks: the dispatch mode's and torch's wrappers, not where a sync comes from.
+_PLUMBING = ("torch/utils/_python_dispatch", "torch/_compile.py", "torch/_dynamo/", "torch/nn/modules/module.py")
+
+
 class HostSyncCounter(TorchDispatchMode):
     """Counts, while active, the host syncs (`SYNC_OPS`) by op name and every aten op dispatched (`total_ops`).
 
@@ -61,6 +65,7 @@ class HostSyncCounter(TorchDispatchMode):
         self.sync_counts: Counter[str] = Counter()
         self.total_ops = 0
         self.stacks: list[str] = []
+        self._previous = None  # the op before a sync (in C++ code, e.g. backward, the stack ends at the call)
 
     @property
     def syncs(self) -> int:
@@ -72,8 +77,10 @@ class HostSyncCounter(TorchDispatchMode):
         if name is not None:
             self.sync_counts[name] += 1
             if self.record_stacks:
-                frames = [f for f in traceback.extract_stack()[:-1] if "torch/utils/_python_dispatch" not in f.filename]
-                self.stacks.append(f"{name}:\n" + "".join(traceback.format_list(frames[-12:])))
+                frames = [f for f in traceback.extract_stack()[:-1] if not any(p in f.filename for p in _PLUMBING)]
+                where = "".join(traceback.format_list(frames[-6:]))
+                self.stacks.append(f"{name} (after {self._previous}):\n{where}")
+        self._previous = func
         return func(*args, **(kwargs or {}))
 
     def report(self) -> str:

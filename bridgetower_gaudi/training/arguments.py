@@ -139,3 +139,14 @@ class BridgeTowerTrainingArguments(TrainingArguments, ExampleScriptArguments):
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warmup."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon (the paper: 1e-8)."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none (the paper)."})
+    # transformers' default (True) reads every micro-step's loss on the host; optimum-habana defaults it off too.
+    # Non-finite steps are skipped and counted by the trainer's device-side guard instead.
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Leave non-finite losses out of the logged loss (a host sync per step)."}
+    )
+    # transformers' default (None) makes DDP look for unused parameters, which reads a flag per parameter on the host
+    # in every backward (torch's Reducer). Every model here freezes what its losses never reach, as optimum-habana
+    # assumes by defaulting it off too.
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP find_unused_parameters (a host sync per parameter and step)."}
+    )

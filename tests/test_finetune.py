@@ -345,3 +345,38 @@ def test_a_transformers_checkpoint_fine_tunes(tmp_path):
     tuned = btg.BridgeTowerForVisualEntailment.from_pretrained(tmp_path / "out")
     kept = tuned.bridgetower.text_model.embeddings.word_embeddings.weight
     assert kept.shape == source.bridgetower.text_model.embeddings.word_embeddings.weight.shape
+
+
+def test_nlvr2_gives_each_image_its_own_text_pass_in_training_as_officially():
+    """The official compute_nlvr2 runs the whole model once per image. Measured here: in training one shared text
+    pass is not the same computation (the text tower's dropout would be drawn once for both images: the two
+    images' text features would be equal, where officially they differ), so training runs two text passes, in the
+    official order; in evaluation (no dropout) the second pass equals the first, so one is reused: the logits are
+    exactly the two-pass ones, with one text-tower call instead of two."""
+    config = tiny_config(num_labels=2, num_image_token_types=2)
+    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.1
+    model = btg.BridgeTowerForNLVR2(config)
+    inputs = make_inputs(model.config, batch=2)
+    inputs["pixel_values_2"] = inputs["pixel_values"].flip(0)
+    texts = []
+    model.bridgetower.text_model.encoder.register_forward_hook(lambda module, args, output: texts.append(output))
+
+    def official(bridgetower):  # text, image 1, fuse 1; text, image 2, fuse 2: compute_nlvr2's two `infer` calls
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        first = bridgetower.fuse(bridgetower.encode_text(ids, mask), bridgetower.encode_image(inputs["pixel_values"]))
+        second = bridgetower.fuse(bridgetower.encode_text(ids, mask),
+                                  bridgetower.encode_image(inputs["pixel_values_2"]), 2)  # fmt: skip
+        return model.nlvr2_classifier(torch.cat([first.pooler_output, second.pooler_output], dim=-1))
+
+    model.train()
+    torch.manual_seed(0)
+    logits = model(**inputs).logits
+    assert len(texts) == 2 and not torch.equal(texts[0].last_hidden_state, texts[1].last_hidden_state)
+    torch.manual_seed(0)
+    assert torch.equal(logits, official(model.bridgetower))  # the same random draws as the official order
+    model.eval()
+    texts.clear()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        assert len(texts) == 1
+        assert torch.equal(logits, official(model.bridgetower)) and len(texts) == 3

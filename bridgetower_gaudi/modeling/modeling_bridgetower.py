@@ -1073,7 +1073,8 @@ class BridgeTowerForVisualEntailment(_PooledClassifier):
 class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
     """NLVR2: is the sentence true of the image pair? Two full passes of the caption, with image 1 (modality type
     1) and image 2 (modality type 2, `num_image_token_types=2`); the two pooled outputs concatenated (4h) ->
-    dropout -> two-layer head -> 2 classes, cross-entropy (the official `compute_nlvr2`).
+    dropout -> two-layer head -> 2 classes, cross-entropy (the official `compute_nlvr2`). In evaluation the text
+    tower runs once for both (no dropout: the same result).
 
     A model started from a pre-trained checkpoint (two modality-type rows) grows the third row as a copy of the
     image row with `add_second_image_token_type()`, as the official code does when it builds the NLVR2 head."""
@@ -1111,6 +1112,11 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
         text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
         first = bridgetower.fuse(text, bridgetower.encode_image(pixel_values, pixel_mask), 1,
                                  output_attentions, output_hidden_states)  # fmt: skip
+        # Officially each image gets its own pass of the sentence (compute_nlvr2 runs `infer` twice): in training
+        # the text tower draws new dropout masks for the second image. Without dropout (evaluation) that pass is
+        # the first one again, so it is reused (tests/test_finetune.py checks both).
+        if self.training:
+            text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
         second = bridgetower.fuse(text, bridgetower.encode_image(pixel_values_2, pixel_mask_2), 2)
         logits = self.nlvr2_classifier(torch.cat([first.pooler_output, second.pooler_output], dim=-1))
         loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None

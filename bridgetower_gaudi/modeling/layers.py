@@ -20,10 +20,11 @@ from .configuration import BridgeTowerConfig
 
 
 def attention_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(batch, keys) 1/0 mask -> (batch, 1, 1, keys) boolean mask for SDPA (True = attend); None stays None."""
+    """(batch, keys) 1/0 mask -> (batch, 1, 1, keys) additive fp32 mask (0 = attend, the dtype's minimum = masked),
+    the form the towers hand the registered kernels; None stays None. Built once per cross-modal pass."""
     if mask is None:
         return None
-    return mask[:, None, None, :].to(torch.bool)
+    return (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
 
 
 class CrossModalSelfAttention(nn.Module):
@@ -64,15 +65,12 @@ class CrossModalSelfAttention(nn.Module):
         if output_attentions:  # SDPA does not return the weights; compute them explicitly only when asked
             scores = query @ key.transpose(-1, -2) / self.head_dim**0.5
             if mask is not None:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+                scores = scores + mask.to(scores.dtype)
             probs = scores.softmax(dim=-1)
             out = F.dropout(probs, dropout_p, self.training) @ value
             out = out.transpose(1, 2)
         else:
-            if mask is not None:  # additive, in the compute dtype: what the towers hand the registered kernels too
-                mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
-                    ~mask, torch.finfo(query.dtype).min
-                )
+            mask = None if mask is None else mask.to(query.dtype)  # SDPA wants the compute dtype (bf16 on Gaudi)
             out, _ = self.attention_function()(
                 self, query, key, value, mask, dropout=dropout_p, scaling=self.head_dim**-0.5, is_causal=False
             )

@@ -385,15 +385,12 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None) -> TowerOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        # A (batch, 1, keys) mask: transformers expands it as it is. A 2-D mask would go through its SDPA mask helper,
-        # whose `torch.all(mask == 1)` test reads the device (a host sync) and is a branch an HPU graph would freeze.
-        out = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask[:, None, :],
-            token_type_ids=token_type_ids,
-            output_hidden_states=True,
-            return_dict=True,
-        )
+        # The tower's embeddings and encoder, not its forward: that would also run the pooler BridgeTower never reads,
+        # and its SDPA mask helper tests `torch.all(mask == 1)`, a device read and a branch an HPU graph would freeze.
+        tower = self.text_model
+        embeddings = tower.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        extended_mask = tower.get_extended_attention_mask(attention_mask, input_ids.shape)  # (batch, 1, 1, keys)
+        out = tower.encoder(embeddings, attention_mask=extended_mask, output_hidden_states=True, return_dict=True)
         return TowerOutput(out.hidden_states, attention_mask)
 
     @property

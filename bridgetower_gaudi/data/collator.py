@@ -21,6 +21,14 @@ TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ITM_NEGATIVES = ("dataset", "in_batch", "itc_hard", "none")
 
 
+def data_set_negative(example: dict) -> tuple[str, torch.Tensor]:
+    """(image_id, pixel_values) of an example's data-set negative: drawn now from a lazy `false_image` (the
+    datasets'), or given as `false_image_id` / `false_pixel_values`."""
+    if "false_image" in example:
+        return example["false_image"]()
+    return example["false_image_id"], example["false_pixel_values"]
+
+
 @dataclass
 class PretrainingCollator:
     """MLM: `mlm_probability` of the non-special, non-pad tokens are chosen; of those 80% become the mask token,
@@ -29,8 +37,9 @@ class PretrainingCollator:
     a chosen word are chosen (WordPiece "##" continuations; byte-level BPE pieces without a leading "Ġ").
 
     ITM (`itm_negatives`), exactly half of each batch positive, in random positions (the official split):
-    - "dataset": a negative's image is the example's `false_pixel_values`, a random image of the data set (the
-      official recipe); if it happens to be the example's own image, another image of the batch is used.
+    - "dataset": a negative's image is the example's data-set negative (`false_image`, decoded only for the
+      negative rows, or `false_pixel_values`), a random image of the data set (the official recipe); if it happens
+      to be the example's own image, another image of the batch is used.
     - "in_batch": a negative's image is another image of the batch (a different image_id).
     - "itc_hard": no pairing here; `itm_negative_mask` (True where image j may be caption i's negative) lets the
       model draw ITC-sampled hard negatives.
@@ -92,7 +101,7 @@ class PretrainingCollator:
         labels[size // 2 :] = 0
         labels = labels[torch.randperm(size, generator=generator)]
         from_dataset = self.itm_negatives == "dataset"
-        if from_dataset and "false_pixel_values" not in examples[0]:
+        if from_dataset and not ({"false_image", "false_pixel_values"} & set(examples[0])):
             raise ValueError(
                 "itm_negatives='dataset' needs examples with a data-set negative (false_pixel_values): build the "
                 "dataset with DataArguments(itm_negatives='dataset'), or pair within the batch "
@@ -100,8 +109,10 @@ class PretrainingCollator:
             )
         index = torch.arange(size)  # into [batch images; data-set negatives]
         negatives = (labels == 0).nonzero().flatten()
+        # Only the negative rows' data-set images are drawn and decoded (see dataset.DataSetNegative).
+        false = {i: data_set_negative(examples[i]) for i in negatives.tolist()} if from_dataset else {}
         for k, i in enumerate(negatives.tolist()):
-            if from_dataset and examples[i]["false_image_id"] != image_ids[i]:
+            if from_dataset and false[i][0] != image_ids[i]:
                 index[i] = size + k
                 continue
             others = [j for j in range(size) if image_ids[j] != image_ids[i]]
@@ -111,7 +122,7 @@ class PretrainingCollator:
                 labels[i] = 1
         pool = pixel_values
         if from_dataset:
-            false_images = torch.stack([examples[i]["false_pixel_values"] for i in negatives.tolist()])
+            false_images = torch.stack([false[i][1] for i in negatives.tolist()])
             pool = torch.cat([pixel_values, false_images])
         if self.reuse_image_features:
             out = {"itm_labels": labels, "itm_image_index": index}

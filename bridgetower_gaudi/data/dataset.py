@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import functools
 import hashlib
 import itertools
 import logging
@@ -91,12 +92,28 @@ class ExampleBuilder:
         return example
 
 
+class DataSetNegative:
+    """An example's data-set negative (ITM), drawn and decoded only when called: the collator calls it for the rows it
+    makes negatives, about half of a batch, and the others never decode one. The draw uses the example's own random
+    generator after everything else the example drew, so it is the same whenever it is made. Returns (image_id,
+    pixel_values); called again, the same pair."""
+
+    def __init__(self, draw):
+        self._draw, self._drawn = draw, None
+
+    def __call__(self) -> tuple[str, torch.Tensor]:
+        if self._drawn is None:
+            self._drawn, self._draw = self._draw(), None
+        return self._drawn
+
+
 class ImageTextDataset(Dataset):
     """Map-style dataset over one or more random-access sources (mixed: every caption of every source is one
     example). A bad record is logged and replaced by the next readable one, so batches keep their shape.
 
-    `itm_negatives="dataset"` adds to every example a random other image of the data set (`false_pixel_values`,
-    `false_image_id`), as the official dataset's `draw_false_image`; the collator decides which examples use it.
+    `itm_negatives="dataset"` adds to every example a random other image of the data set (`false_image`, a
+    DataSetNegative), as the official dataset's `draw_false_image`; the collator decides which examples use it, and
+    only those decode it.
 
     Items are asked for by position: `epoch * len(self) + index` (EpochSampler, the training order) or a plain
     index (epoch 0: evaluation, Subset). Every random draw of an item comes from `draw_seed(seed, epoch, index)`
@@ -149,8 +166,8 @@ class ImageTextDataset(Dataset):
 
     def _example(self, index: int, rng: random.Random, at: str) -> dict:
         example = self.builder(self.record(index), rng)
-        if self.itm_negatives == "dataset":
-            example["false_image_id"], example["false_pixel_values"] = self._other_image(example, rng, at)
+        if self.itm_negatives == "dataset":  # decoded by the collator, for the rows it makes negatives only
+            example["false_image"] = DataSetNegative(functools.partial(self._other_image, example, rng, at))
         return example
 
     def _other_image(self, example: dict, rng: random.Random, at: str) -> tuple[str, torch.Tensor]:
@@ -333,8 +350,8 @@ class StreamingImageTextDataset(IterableDataset):
                     self.skip_log.record(bad, image=item.image_id, at=at)
                     continue
                 if self.itm_negatives == "dataset":
-                    false = self._other_image(example, block, rng, at)
-                    example["false_image_id"], example["false_pixel_values"] = false
+                    draw = functools.partial(self._other_image, example, block, rng, at)
+                    example["false_image"] = DataSetNegative(draw)
                 example["draw_seed"] = seed
                 example[STREAM_STATE] = {"reader": reader, "epoch": epoch, "source": number, "count": count, **place}
                 yield example

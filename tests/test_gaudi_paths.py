@@ -391,3 +391,30 @@ def test_flash_attention_and_another_attn_implementation_conflict(tmp_path, gaud
     *_, args = pretrain.parse_args(["--use_habana", "--use_flash_attention", "--attn_implementation",
                                     GAUDI_ATTENTION, "--output_dir", str(tmp_path)])  # fmt: skip
     assert args.attn_implementation == GAUDI_ATTENTION
+
+
+# Issue 24: the Gaudi refusals that had no test.
+@pytest.mark.parametrize(
+    "lazy_env, overrides, message",
+    [
+        ("1", dict(torch_compile=True, torch_compile_backend="hpu_backend"), "export PT_HPU_LAZY_MODE=0"),
+        ("0", dict(torch_compile=True, use_lazy_mode=True), "PT_HPU_LAZY_MODE is 0"),  # lazy asked, eager set
+        ("0", dict(torch_compile=True, use_lazy_mode=False, torch_compile_backend="inductor"), "hpu_backend"),
+    ],
+)
+def test_torch_compile_on_gaudi_needs_eager_mode_and_the_hpu_backend(monkeypatch, lazy_env, overrides, message):
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", lazy_env)
+    monkeypatch.delenv("HABANA_LOGS", raising=False)
+    with pytest.raises(ValueError, match=message):
+        device.check_gaudi_arguments(_gaudi_args(**overrides))
+    eager = dict(torch_compile=True, use_lazy_mode=False, torch_compile_backend="hpu_backend")
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "0")
+    device.check_gaudi_arguments(_gaudi_args(**eager))  # Intel's recommended eager + compile passes
+
+
+def test_flash_attention_recompute_needs_the_fused_sdpa(monkeypatch):
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "1")
+    monkeypatch.delenv("HABANA_LOGS", raising=False)
+    with pytest.raises(ValueError, match="--flash_attention_recompute needs --use_flash_attention"):
+        device.check_gaudi_arguments(_gaudi_args(flash_attention_recompute=True))
+    device.check_gaudi_arguments(_gaudi_args(flash_attention_recompute=True, attn_implementation=GAUDI_ATTENTION))

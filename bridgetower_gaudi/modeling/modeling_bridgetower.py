@@ -33,6 +33,7 @@ from transformers.models.clip.modeling_clip import CLIPVisionTransformer
 from transformers.models.roberta.modeling_roberta import ROBERTA_SELF_ATTENTION_CLASSES
 from transformers.utils import logging
 
+from ..data.images import normalize_pixels
 from . import checkpoint_conversion
 from .bridges import BridgeLayer
 from .configuration import INITIALIZER_RANGE, BridgeTowerConfig
@@ -401,6 +402,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         return tower.post_layernorm if self.config.vision_backbone == "clip" else tower.layernorm
 
     def encode_image(self, pixel_values, pixel_mask=None, interpolate_pos_encoding=False) -> TowerOutput:
+        pixel_values = normalize_pixels(pixel_values)  # the data loaders send uint8: normalised here, on the device
         tower = self.vision_model
         if self.config.vision_backbone != "clip":
             # ViT / DeiT encoders take no attention mask, so padded pixels cannot be masked out of them.
@@ -520,6 +522,27 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         labels: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
     ):
+        r"""Both towers, then the cross-modal encoder (see the class doc for the layer mapping).
+
+        Args:
+            input_ids: (batch, length) caption token ids (`BridgeTowerProcessor`).
+            attention_mask: (batch, length) 1 for real tokens, 0 for padding (default: all ones).
+            token_type_ids: (batch, length) segment ids for the text tower's embeddings (default: zeros).
+            pixel_values: (batch, 3, size, size) normalised images.
+            pixel_mask: (batch, size, size) 1 for real pixels, 0 for padding (default: all real).
+            image_token_type_idx: the images' modality-type row (1; NLVR2's second image: 2).
+            output_attentions / output_hidden_states: also return the attention weights / hidden states.
+            return_dict: a `BridgeTowerModelOutput` (default, `config.use_return_dict`) or a tuple.
+            interpolate_pos_encoding: interpolate the vision position embeddings to another image size.
+            head_mask, inputs_embeds, image_embeds, labels: transformers' arguments; the first three are refused
+                (unsupported), `labels` is accepted and ignored, as in transformers.
+
+        Returns:
+            `BridgeTowerModelOutput`: `text_features` (batch, length, hidden) and `image_features` (batch, 1 +
+            patches, hidden), the last cross-modal layer's streams; `pooler_output` (batch, 2 x hidden), the two
+            poolers' [CLS] outputs concatenated; `hidden_states` = (text tower states, vision tower states
+            sequence-first, cross-modal (text, image) pairs) and `attentions` when asked for.
+        """
         _reject_unsupported(head_mask=head_mask, inputs_embeds=inputs_embeds, image_embeds=image_embeds)
         if input_ids is None or pixel_values is None:
             raise ValueError("BridgeTowerModel needs both input_ids and pixel_values (use BridgeTowerProcessor).")
@@ -583,18 +606,6 @@ class BridgeTowerContrastiveHead(nn.Module):
         return self.fc(x)
 
 
-def itc_text_embeddings(head: nn.Module, text: TowerOutput) -> torch.Tensor:
-    """Normalised ITC embedding of the text tower's last [CLS] (as transformers' ForContrastiveLearning)."""
-    return F.normalize(head(text.hidden_states[-1][:, 0]), dim=-1)
-
-
-def itc_image_embeddings(bridgetower: BridgeTowerModel, head: nn.Module, image: TowerOutput) -> torch.Tensor:
-    """Normalised ITC embedding of the vision tower's last [CLS], projected into the cross-modal space."""
-    last_cls = image.hidden_states[-1][:, :1]  # only [CLS] is needed: skip projecting the patches
-    projected = bridgetower.project_image(last_cls, bridgetower.config.num_bridges)
-    return F.normalize(head(projected[:, 0]), dim=-1)
-
-
 def mlm_decoder_capacity(num_positions: int, mlm_probability: float) -> int:
     """How many positions the pre-training MLM decoder scores in a batch of `num_positions` caption tokens: a
     static number (one graph on HPU), from the shape alone. The expected masked count plus 6 standard deviations of
@@ -620,7 +631,70 @@ def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device))
 
 
-class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
+class _PairHead(BridgeTowerPreTrainedModel):
+    """A head over one encoded image-text pair. Every such head (MLM, ITM, VQA, SNLI-VE) shares this forward, with
+    transformers' BridgeTower signature; each says what it reads from the encoder's output (`head_output`)."""
+
+    def head_output(self, outputs: BridgeTowerModelOutput, labels: torch.Tensor | None) -> ModelOutput:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        head_mask: None = None,
+        inputs_embeds: None = None,
+        image_embeds: None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        labels: torch.Tensor | None = None,
+    ):
+        r"""Encode the pair (`BridgeTowerModel`), then the head.
+
+        Args:
+            input_ids: (batch, length) caption token ids (`BridgeTowerProcessor`).
+            attention_mask: (batch, length) 1 for real tokens, 0 for padding (default: all ones).
+            token_type_ids: (batch, length) segment ids for the text tower's embeddings (default: zeros).
+            pixel_values: (batch, 3, size, size) normalised images.
+            pixel_mask: (batch, size, size) 1 for real pixels, 0 for padding (default: all real).
+            head_mask, inputs_embeds, image_embeds: transformers' arguments this BridgeTower does not support; an
+                error when given.
+            output_attentions / output_hidden_states: return the encoder's attention weights / hidden states
+                (`BridgeTowerModelOutput`'s layout).
+            return_dict: a `ModelOutput` (default, `config.use_return_dict`) or a tuple.
+            labels: the task's targets, see the class; the loss is returned when given.
+
+        Returns:
+            The head's output (`MaskedLMOutput` or `SequenceClassifierOutput`): `loss` (with labels), `logits`,
+            `hidden_states`, `attentions`.
+        """
+        outputs = self.bridgetower(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            pixel_mask,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            image_embeds=image_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        result = self.head_output(outputs, labels)
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+
+class BridgeTowerForMaskedLM(_PairHead):
+    """Masked language modelling over the cross-modal text stream: `logits` (batch, length, vocab) at every
+    position, as transformers' class; `labels` (batch, length) hold the original ids at masked positions and -100
+    elsewhere (cross-entropy over the masked ones)."""
+
     _tied_weights_keys = ["mlm_score.decoder.weight"]
     _head_modules = ("mlm_score",)
 
@@ -636,45 +710,32 @@ class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_score.decoder = new_embeddings
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        pixel_values=None,
-        pixel_mask=None,
-        head_mask=None,
-        inputs_embeds=None,
-        image_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        labels=None,
-    ):
-        outputs = self.bridgetower(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            pixel_values,
-            pixel_mask,
-            head_mask,
-            inputs_embeds,
-            image_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+    def head_output(self, outputs: BridgeTowerModelOutput, labels: torch.Tensor | None) -> MaskedLMOutput:
         logits = self.mlm_score(outputs.text_features)
         loss = _mlm_loss(logits, labels) if labels is not None else None
-        result = MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
-        return result if return_dict else result.to_tuple()
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                              attentions=outputs.attentions)  # fmt: skip
 
 
-class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
-    """Image-text matching (ITM): `logits[:, 1]` scores "this text describes this image"."""
+class _PooledClassifier(_PairHead):
+    """The pooled [text; image] output (2h) through the task's head (`head`), its loss (`loss`)."""
+
+    def head(self) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head_output(self, outputs: BridgeTowerModelOutput, labels: torch.Tensor | None) -> SequenceClassifierOutput:
+        logits = self.head()(outputs.pooler_output)
+        loss = self.loss(logits, labels.to(logits.device)) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions)  # fmt: skip
+
+
+class BridgeTowerForImageAndTextRetrieval(_PooledClassifier):
+    """Image-text matching (ITM): `logits` (batch, 2), `logits[:, 1]` scoring "this text describes this image";
+    `labels` (batch,) 1 for a match, 0 otherwise (cross-entropy)."""
 
     _head_modules = ("itm_score",)
 
@@ -684,37 +745,11 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
         self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        pixel_values=None,
-        pixel_mask=None,
-        head_mask=None,
-        inputs_embeds=None,
-        image_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        labels=None,
-    ):
-        outputs = self.bridgetower(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            pixel_values,
-            pixel_mask,
-            head_mask,
-            inputs_embeds,
-            image_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
-        logits = self.itm_score(outputs.pooler_output)
-        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
-        return self._classifier_output(loss, logits, outputs, return_dict)
+    def head(self) -> nn.Module:
+        return self.itm_score
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
 
 
 class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
@@ -736,10 +771,19 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         self.post_init()
 
     def text_embeddings(self, text: TowerOutput) -> torch.Tensor:
-        return itc_text_embeddings(self.itc_text_head, text)
+        """(batch, contrastive_hidden_size) normalised embeddings of the text tower's last [CLS] (as transformers'
+        ForContrastiveLearning)."""
+        return F.normalize(self.itc_text_head(text.hidden_states[-1][:, 0]), dim=-1)
 
     def image_embeddings(self, image: TowerOutput) -> torch.Tensor:
-        return itc_image_embeddings(self.bridgetower, self.itc_image_head, image)
+        """(batch, contrastive_hidden_size) normalised embeddings of the vision tower's last [CLS] projected into the
+        cross-modal space (LayerNorm, cross-modal transform, modality-type embedding), as transformers'
+        ForContrastiveLearning. Not `BridgeTowerForPreTraining.itc_image_embeddings` (the official ITC: `ln_post`
+        only)."""
+        bridgetower = self.bridgetower
+        last_cls = image.hidden_states[-1][:, :1]  # only [CLS] is needed: skip projecting the patches
+        projected = bridgetower.project_image(last_cls, bridgetower.config.num_bridges)
+        return F.normalize(self.itc_image_head(projected[:, 0]), dim=-1)
 
     def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Normalised ITC text embeddings from the text tower alone (for retrieval indexes)."""
@@ -764,6 +808,15 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         return_dict=None,
         return_loss=None,
     ):
+        r"""Arguments as `BridgeTowerModel.forward`; `return_loss=True` adds the loss: the mean of the three
+        pairwise cross-entropies (text-image, text-cross, image-cross) over the batch, scaled by
+        `exp(logit_scale)`, matching pairs on the diagonal.
+
+        Returns:
+            `BridgeTowerContrastiveOutput`: `text_embeds`, `image_embeds`, `cross_embeds` (batch, embed) normalised;
+            `logits` (batch, 3, embed), the three stacked; `loss` when asked; `hidden_states` / `attentions` when
+            asked.
+        """
         _reject_unsupported(head_mask=head_mask, inputs_embeds=inputs_embeds, image_embeds=image_embeds)
         bridgetower = self.bridgetower
         text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
@@ -927,6 +980,26 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
         itc_image_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
     ) -> BridgeTowerForPreTrainingOutput:
+        r"""One pre-training step's forward (see the class doc for how ITM pairs and ITC are made).
+
+        Args:
+            input_ids / attention_mask / token_type_ids: (batch, length) masked captions (as the collator sends).
+            pixel_values / pixel_mask: (batch, 3, size, size) / (batch, size, size): each caption's own image.
+            labels: (batch, length) original ids at masked positions, -100 elsewhere: runs MLM.
+            itm_labels: (batch,) 1 = the ITM pair matches: runs ITM.
+            itm_image_index: (batch,) each ITM pair's image, a row of [pixel_values; itm_pixel_values].
+            itm_pixel_values / itm_pixel_mask: (negatives, 3, size, size) / (negatives, size, size): images that are
+                not the batch's own (data-set negatives); the only ones encoded a second time.
+            itm_negative_mask: (batch, batch) True where image j may be caption i's negative: ITC-sampled hard
+                negatives instead of `itm_labels` (needs "itc" in `config.pretraining_objectives`).
+            itc_image_ids: (batch,) an integer per caption's image: soft ITC targets over captions of one image.
+            return_dict: a `BridgeTowerForPreTrainingOutput` (default, `config.use_return_dict`) or a tuple.
+
+        Returns:
+            `BridgeTowerForPreTrainingOutput`: `loss` (the sum of those present), `mlm_loss`, `itm_loss`,
+            `itc_loss`; `mlm_logits` (capacity, vocab) at `mlm_positions` (capacity,) and `mlm_tokens_over_cap`
+            (see `mlm_decoder_capacity`); `itm_logits` (pairs, 2).
+        """
         bridgetower = self.bridgetower
         top_layers = self.config.num_bridges + 1
         image = bridgetower.encode_image(pixel_values, pixel_mask)  # the one vision pass over the batch's images
@@ -1009,25 +1082,6 @@ def _classification_head(config: BridgeTowerConfig, in_size: int, num_labels: in
     return BridgeTowerClassificationHead(in_size, hidden, num_labels, config.classifier_dropout_prob)
 
 
-class _PooledClassifier(BridgeTowerPreTrainedModel):
-    """One pass of the image-text pair; the pooled [text; image] output (2h) through the task's head (`head`)."""
-
-    def head(self) -> nn.Module:
-        raise NotImplementedError
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):  # fmt: skip
-        outputs = self.bridgetower(input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask,
-                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                   return_dict=True)  # fmt: skip
-        logits = self.head()(outputs.pooler_output)
-        loss = self.loss(logits, labels.to(logits.device)) if labels is not None else None
-        return self._classifier_output(loss, logits, outputs, return_dict)
-
-
 class BridgeTowerForVisualQuestionAnswering(_PooledClassifier):
     """VQAv2 as the paper: the pooled output through the two-layer head over the answer vocabulary
     (`config.num_labels`, `config.id2label`); `labels` are soft scores (batch, num_labels) and the loss is
@@ -1098,6 +1152,12 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, pixel_values=None, pixel_mask=None,
                 pixel_values_2=None, pixel_mask_2=None, labels=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):  # fmt: skip
+        r"""Arguments as `BridgeTowerModel.forward`, plus `pixel_values_2` / `pixel_mask_2`: the pair's second
+        image, and `labels` (batch,) 0 / 1 (cross-entropy). Attentions and hidden states are the first image's pass.
+
+        Returns:
+            `SequenceClassifierOutput`: `logits` (batch, 2), `loss` with labels, `hidden_states` / `attentions`.
+        """
         if pixel_values_2 is None:
             raise ValueError("BridgeTowerForNLVR2 needs both images: pixel_values and pixel_values_2.")
         if self.config.num_image_token_types < 2:

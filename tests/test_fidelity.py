@@ -313,7 +313,7 @@ def test_fine_tuning_evaluates_on_squashed_images_and_pre_training_on_centre_cro
         args = DataArguments(validation_file=[str(tmp_path / "val.jsonl")], dataset_format="jsonl",
                              image_root=str(tmp_path), image_transform=transform)  # fmt: skip
         example = build_dataset(args, synthetic_tokenizer(), 32, split="validation")[0]
-        assert torch.equal(example["pixel_values"], ImageTransform(32, expected)(image)), transform
+        assert torch.equal(example["pixel_values"], ImageTransform(32, expected, uint8=True)(image)), transform
     squashed = ImageTransform(32, "blip")(image)
     assert squashed[2, :, :16].mean() < 0 < squashed[2, :, 16:].mean()  # both halves kept, side by side
 

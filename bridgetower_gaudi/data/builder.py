@@ -217,7 +217,8 @@ def build_dataset(
     if not sources:
         return None
     mode = args.image_transform if train else evaluation_transform(args.image_transform)
-    builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode), args.max_seq_length)
+    # uint8 through the loader (a quarter of float32's bytes); the model normalises on the device (normalize_pixels).
+    builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode, uint8=True), args.max_seq_length)
     # Data-set negatives are drawn for training only: evaluation pairs images within the batch (see build_trainer).
     negatives = (args.itm_negatives or "none") if train else "none"
     streaming = args.streaming or any(not isinstance(s, MapSource) for s in sources)

@@ -171,6 +171,23 @@ def random_augment(image: Image.Image, num_ops: int = 2, level: int = 5, probabi
     return image
 
 
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8: what crosses the data loader (a quarter of float32's bytes); `normalize_pixels` finishes it
+    on the device."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def normalize_pixels(pixel_values: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """uint8 images (from the loader) -> float32 normalised as `to_normalized_tensor` does, where they are (on the
+    device, inside the step); float images are returned as they are (already normalised). A dtype check: no sync."""
+    if pixel_values.dtype != torch.uint8:
+        return pixel_values
+    shape = (3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32, device=pixel_values.device).view(shape)
+    std = torch.tensor(std, dtype=torch.float32, device=pixel_values.device).view(shape)
+    return (pixel_values.float() / 255.0 - mean) / std
+
+
 def to_normalized_tensor(image: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     array = np.asarray(image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1)
@@ -197,13 +214,16 @@ class ImageTransform:
     """One image pipeline for training, evaluation and inference (`BridgeTowerProcessor` calls it too), by the
     official transform key (see `TRANSFORMS`; "pretrain" / "finetune" / "finetune_vqa" are aliases)."""
 
-    def __init__(self, image_size: int = 288, mode: str = "clip", seed: int | None = None):
+    def __init__(self, image_size: int = 288, mode: str = "clip", seed: int | None = None, uint8: bool = False):
         name = TRANSFORM_ALIASES.get(mode, mode)
         if name not in TRANSFORMS:
             raise ValueError(
                 f"image transform {mode!r}: choose one of {sorted(TRANSFORMS)} (or {sorted(TRANSFORM_ALIASES)})."
             )
         self.image_size, self.mode = image_size, name
+        # uint8: the data loaders' output, normalised on the device by the model (`normalize_pixels`); else float32
+        # normalised here (the processor, inference).
+        self.uint8 = uint8
         # What decode_image may reduce a JPEG to: the resize of clip / blip needs both sides >= image_size; the random
         # crops of the training transforms can take a small area of the image and enlarge it, so they get every pixel.
         self.draft_size = image_size if name in ("clip", "blip") else None
@@ -224,4 +244,4 @@ class ImageTransform:
                 image = rand_augment(image, rng=rng)
             else:
                 image = random_augment(image, rng=rng)
-        return to_normalized_tensor(image)
+        return to_uint8_tensor(image) if self.uint8 else to_normalized_tensor(image)

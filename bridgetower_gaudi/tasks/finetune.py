@@ -73,7 +73,8 @@ def task_dataset(task: str, data_args, tokenizer, image_size: int, split: str, s
     if sources is None:
         return None
     mode = data_args.image_transform if split == "train" else evaluation_transform(data_args.image_transform)
-    builder = ExampleBuilder(tokenizer, ImageTransform(image_size, mode), data_args.max_seq_length, encode_target)
+    transform = ImageTransform(image_size, mode, uint8=True)  # normalised on the device by the model
+    builder = ExampleBuilder(tokenizer, transform, data_args.max_seq_length, encode_target)
     check_readable(sources, builder)
     return ImageTextDataset(sources, builder, skip_log, itm_negatives="none", seed=seed)
 

@@ -10,9 +10,18 @@ import os
 import shutil
 
 import pytest
+import torch
 
-from bridgetower_gaudi import cli
-from bridgetower_gaudi.data.synthetic import COLORS, draw_shape, synthetic_attributes, synthetic_tokenizer
+from bridgetower_gaudi import BridgeTowerPipeline, PipelineError, cli
+from bridgetower_gaudi.data.synthetic import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    draw_shape,
+    synthetic_attributes,
+    synthetic_tokenizer,
+)
+from bridgetower_gaudi.inference.image_cache import CACHE_DIR_NAME, checkpoint_key
 from bridgetower_gaudi.modeling import (
     BridgeTowerConfig,
     BridgeTowerForContrastiveLearning,
@@ -20,7 +29,6 @@ from bridgetower_gaudi.modeling import (
     BridgeTowerForPreTraining,
 )
 from bridgetower_gaudi.modeling.modeling_bridgetower import BridgeTowerModel
-from bridgetower_gaudi.pipeline import CACHE_DIR_NAME, BridgeTowerPipeline, PipelineError, checkpoint_key
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,25 +89,39 @@ def test_the_console_script_is_declared():
 
 
 @pytest.mark.slow
-def test_checkpoint_has_its_tokenizer_and_heads(checkpoint, pipe):
+def test_checkpoint_has_its_tokenizer_and_heads(checkpoint, pipe, images):
     assert os.path.isfile(os.path.join(checkpoint, "tokenizer.json"))  # the trainer saved its processing_class
     assert pipe.has_itm and pipe.has_mlm and not pipe.has_itc  # the default objectives: mlm, itm
-    assert pipe.max_length == 62  # 64 RoBERTa positions minus the two before the first token
+    # 64 RoBERTa positions numbered from the pad id (0 in the synthetic tokenizer) + 1, as training/checks.py counts
+    assert pipe.max_length == pipe.config.text_positions == 63
+    longest = " ".join((["a", "red", "circle", "on", "the", "left"] * 11)[:61])  # 61 words + [CLS] [SEP]: 63 tokens
+    assert 0 <= pipe.score(next(iter(images)), longest)[0]["itm"] <= 1  # every position exists in the table
+
+
+@pytest.mark.slow
+def wrong_captions(attributes: dict) -> list[str]:
+    """Every other colour of the same shape and position, and captions wrong in colour, shape and position at once
+    (colour is what a few hundred steps of in-batch negatives teach; shapes at 32 pixels come later)."""
+    colors = [c for c in COLORS if c != attributes["color"]]
+    shapes = [s for s in SHAPES if s != attributes["shape"]]
+    positions = [p for p in POSITIONS if p != attributes["position"]]
+    all_wrong = [
+        caption({"color": c, "shape": shapes[i % len(shapes)], "position": positions[i % len(positions)]})
+        for i, c in enumerate(colors)
+    ]
+    return [caption({**attributes, "color": c}) for c in colors] + all_wrong
 
 
 @pytest.mark.slow
 def test_score_prefers_the_right_caption(checkpoint, images, capsys):
     for path, attributes in images.items():
-        # Colour is what a few hundred steps of in-batch negatives teach (shapes at 32 pixels come later).
-        texts = [caption(attributes)] + [
-            caption({**attributes, "color": c}) for c in COLORS if c != attributes["color"]
-        ]
+        texts = [caption(attributes), *wrong_captions(attributes)]
         code, out, _ = run_cli(
             capsys, "score", "--model", checkpoint, "--device", "cpu", "--output", "json", path, *texts
         )
         assert code == 0
         scores = [entry["itm"] for entry in json.loads(out)["scores"]]
-        assert scores[0] == max(scores), (texts, scores)
+        assert scores[0] > max(scores[1:]), (texts, scores)  # strictly: a head that ignores the text ties
     # The readable table names each caption with its probability.
     code, out, _ = run_cli(capsys, "score", "--model", checkpoint, path, texts[0])
     assert code == 0 and out.splitlines()[0].split() == ["text", "itm"] and texts[0] in out
@@ -146,6 +168,7 @@ def test_search_finds_the_shape_and_caches_the_folder(checkpoint, pipe, tmp_path
     assert first["embedded"] == 24 and first["cached"] == 0 and tower[0] == 24
     assert first["skipped"] == [{"path": "broken.png", "reason": "corrupt_image"}]
     assert "ITM over all 24" in first["ranked_by"]  # no ITC head: said so
+    assert [m["itm"] for m in first["matches"]] == sorted((m["itm"] for m in first["matches"]), reverse=True)
 
     # A second query over the same folder: no image goes through the tower; the readable output names the bad file.
     code, out, _ = run_cli(capsys, "search", "--model", checkpoint, folder, "a blue circle on the left")
@@ -178,15 +201,21 @@ def _images(folder) -> set[str]:
 
 
 @pytest.mark.slow
-def test_captions_for_an_image(checkpoint, images, tmp_path, capsys):
+def test_captions_for_an_image(checkpoint, pipe, images, tmp_path, capsys):
     path, attributes = next(iter(images.items()))
     captions = [caption({**attributes, "color": c}) for c in ("red", "green", "blue", "yellow", "purple", "orange")]
     (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
-    code, out, _ = run_cli(
-        capsys, "search", "--model", checkpoint, "--images-for", tmp_path / "captions.txt", "--output", "json", path
-    )
-    assert code == 0
-    assert json.loads(out)["matches"][0]["caption"] == caption(attributes)
+    # Every caption ranked (no ITC head: ITM over all 6), in the order of their own ITM scores.
+    itm = {entry["text"]: entry["itm"] for entry in pipe.score(path, captions)}
+    assert max(itm, key=itm.get) == caption(attributes)
+    for flag in ("--rank-captions", "--images-for"):  # the old name is kept as an alias
+        code, out, _ = run_cli(
+            capsys, "search", "--model", checkpoint, flag, tmp_path / "captions.txt", "--top", "6", "--output", "json",
+            path,
+        )  # fmt: skip
+        result = json.loads(out)
+        assert code == 0 and "ITM over all 6" in result["ranked_by"]
+        assert [m["caption"] for m in result["matches"]] == sorted(captions, key=lambda c: -itm[c])
 
 
 def test_vqa_answers_from_the_checkpoints_vocabulary(capsys, tmp_path):
@@ -232,15 +261,17 @@ def test_clear_errors(checkpoint, images, tmp_path, capsys):
     code, _, err = run_cli(capsys, "score", "--model", masked_lm, image, "a red circle")
     assert code == 2 and "neither an ITM nor an ITC head" in err and "--objectives" in err
 
-    long_caption = " ".join(["a red circle on the left"] * 11)  # 66 words + [CLS] [SEP] > 62 positions
+    long_caption = " ".join(["a red circle on the left"] * 11)  # 66 words + [CLS] [SEP] > 63 positions
     code, _, err = run_cli(capsys, "score", "--model", checkpoint, image, long_caption)
-    assert code == 2 and "68 tokens" in err and "at most 62" in err
+    assert code == 2 and "68 tokens" in err and "at most 63" in err
     code, _, err = run_cli(
-        capsys, "score", "--model", checkpoint, "--max-length", "6", image, "a red circle on the left"
+        capsys, "score", "--model", checkpoint, "--max-seq-length", "6", image, "a red circle on the left"
     )
-    assert code == 2 and "--max-length up to 62" in err
-    code, _, err = run_cli(capsys, "score", "--model", checkpoint, "--max-length", "100", image, "a red circle")
-    assert code == 2 and "at most that" in err
+    assert code == 2 and "--max-seq-length (max_length) up to 63" in err
+    # The run scripts' spelling and the old name are the same flag.
+    for flag in ("--max_seq_length", "--max-length"):
+        code, _, err = run_cli(capsys, "score", "--model", checkpoint, flag, "100", image, "a red circle")
+        assert code == 2 and "at most that" in err
 
     (tmp_path / "broken.png").write_bytes(b"")
     code, _, err = run_cli(capsys, "score", "--model", checkpoint, tmp_path / "broken.png", "a red circle")
@@ -264,6 +295,7 @@ def test_the_cache_key_follows_the_weights(checkpoint, tmp_path):
 def test_itc_checkpoints_rank_by_itc(with_itm, images, tmp_path, capsys):
     """With ITC heads: ITC similarity reported, search ranks by ITC and re-ranks the best by ITM; a contrastive-only
     checkpoint ranks by ITC alone. (Untrained weights: this checks the paths, not the quality.)"""
+    torch.manual_seed(0)  # the untrained weights, and so the order checked below, are the same on every run
     if with_itm:
         model = BridgeTowerForPreTraining(tiny_config(pretraining_objectives=["mlm", "itm", "itc"]))
     else:
@@ -280,6 +312,15 @@ def test_itc_checkpoints_rank_by_itc(with_itm, images, tmp_path, capsys):
     assert code == 0 and len(result["matches"]) == 2
     expected = "best 3 re-ranked by ITM" if with_itm else "ITC similarity over all 8 (no ITM head"
     assert expected in result["ranked_by"]
+    # The order the label promises, recomputed from each image's own scores: the best 3 by ITC re-ranked by ITM,
+    # or the best 2 by ITC.
+    names = sorted(os.path.basename(p) for p in images)
+    pipe = BridgeTowerPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
+    per_image = pipe.score([str(tmp_path / n) for n in names], "a red circle")
+    scores = {n: s[0] for n, s in zip(names, per_image, strict=True)}
+    by_itc = sorted(names, key=lambda n: -scores[n]["itc"])
+    expected_order = sorted(by_itc[:3], key=lambda n: -scores[n]["itm"])[:2] if with_itm else by_itc[:2]
+    assert [m["path"] for m in result["matches"]] == expected_order, (result["matches"], scores)
     if not with_itm:
         code, _, err = run_cli(capsys, "fill-mask", "--model", tmp_path / "model", path, "a [MASK] circle")
         assert code == 2 and "no MLM head" in err

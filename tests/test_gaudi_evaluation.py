@@ -63,6 +63,9 @@ def test_every_example_is_evaluated_and_padding_is_in_no_figure(tmp_path):
     # What dropping the remainder (or counting the padding) would give is measurably different.
     assert abs(losses[:512].mean().item() - losses.mean().item()) > 1e-4
     assert len(trainer.get_eval_dataloader()) == 9  # 8 whole batches + the padded one, every batch of 64
+    predicted = trainer.predict(Examples())
+    assert predicted.predictions.shape == (EXAMPLES, 2) and predicted.label_ids.shape == (EXAMPLES,)
+    assert predicted.metrics["test_loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
 
 
 def test_pretraining_evaluation_covers_every_held_out_pair(tmp_path):

@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerState
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import nested_truncate
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, seed_worker
 from transformers.utils.import_utils import is_torch_greater_or_equal
@@ -391,6 +391,16 @@ class BridgeTowerTrainerMixin:
         loader.eval_examples = padding  # read by evaluation_loop: how many of the rows are real examples
         return loader
 
+    def get_test_dataloader(self, test_dataset):
+        """Trainer.predict's loader, padded to whole batches like the evaluation one (every example predicted)."""
+        padding = None
+        if self.args.dataloader_drop_last and not isinstance(test_dataset, torch.utils.data.IterableDataset):
+            batch = self.args.eval_batch_size * self.args.world_size
+            test_dataset, padding = padded_to_whole_batches(test_dataset, batch)
+        loader = super().get_test_dataloader(test_dataset)
+        loader.eval_examples = padding
+        return loader
+
     def evaluation_loop(self, dataloader, *args, **kwargs):
         """Over every example of a set padded to whole batches (`get_eval_dataloader`): each batch's padding rows get
         ignored labels (-100) before the forward, so the model's losses leave them out, and are cut from what is
@@ -574,6 +584,17 @@ class BridgeTowerTrainerMixin:
                 f"unexpected {result.unexpected_keys[:5]}. Resume with the model flags the checkpoint was trained with."
             )
         model.tie_weights()
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # Several CPU processes (gloo): accelerate names each rank's device "cpu:<index>", which Trainer passes to
+        # torch.load as map_location, and torch cannot restore to "cpu:0": load to plain "cpu".
+        device = self.args.device
+        states = ((self.optimizer, OPTIMIZER_NAME), (self.lr_scheduler, SCHEDULER_NAME))
+        if (checkpoint is None or device.type != "cpu" or device.index is None or self.is_deepspeed_enabled
+                or not all(os.path.isfile(os.path.join(checkpoint, name)) for _, name in states)):  # fmt: skip
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        for state, name in states:
+            state.load_state_dict(torch.load(os.path.join(checkpoint, name), map_location="cpu", weights_only=True))
 
     def _load_best_model(self):
         # transformers' version reads model.safetensors itself (non-strict): convert from the checkpoint layout instead.

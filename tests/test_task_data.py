@@ -13,11 +13,12 @@ from bridgetower_gaudi.data import DataConfigError, ExampleBuilder, ImageTextDat
 from bridgetower_gaudi.data.images import decode_image
 from bridgetower_gaudi.data.synthetic import synthetic_tokenizer
 from bridgetower_gaudi.data.task_sources import (
-    Nlvr2ArrowSource,
+    ArrowTaskSource,
+    Nlvr2ArrowRows,
     Nlvr2Source,
-    SnliVeArrowSource,
+    SnliVeArrowRows,
     SnliVeSource,
-    VQAv2ArrowSource,
+    VqaArrowRows,
     VQAv2Source,
     answer_vocabulary_from_arrow,
     task_source,
@@ -180,7 +181,13 @@ def _write_vqa(tmp_path, subtype="val2014", declare=True, questions_name=None):
 def test_vqa_json_targets_unanswerable_and_bad_rows(tmp_path):
     questions, annotations, images = _write_vqa(tmp_path)
     log = SkipLog(tmp_path / "skips.jsonl")
-    source = VQAv2Source(str(questions), str(annotations), str(images), VOCABULARY, log)
+    source = VQAv2Source.from_files(
+        str(questions),
+        annotations_path=str(annotations),
+        image_root=str(images),
+        answer_vocabulary=VOCABULARY,
+        skip_log=log,
+    )
     assert len(source) == 2 and source.num_unanswerable == 1  # "cat" is no class
     first = source[0]
     assert first.caption == "is it red?" and first.example_id == "10"
@@ -192,7 +199,14 @@ def test_vqa_json_targets_unanswerable_and_bad_rows(tmp_path):
     assert color_index(decode_image(first.image, first.name)) == 0
     # no annotation for 30, no image_id in 40, malformed annotation 60
     assert log.counts() == {"bad_row": 3}
-    kept = VQAv2Source(str(questions), str(annotations), str(images), VOCABULARY, SkipLog(), drop_unanswerable=False)
+    kept = VQAv2Source.from_files(
+        str(questions),
+        annotations_path=str(annotations),
+        image_root=str(images),
+        answer_vocabulary=VOCABULARY,
+        skip_log=SkipLog(),
+        drop_unanswerable=False,
+    )
     assert [r.example_id for r in (kept[i] for i in range(len(kept)))] == ["10", "20", "50"]
     assert kept[1].target["labels"] == [] and kept[1].target["answers"] == ["cat"] * 10
 
@@ -217,31 +231,45 @@ def test_vqa_test_questions_without_annotations(tmp_path):
 
 def test_vqa_images_found_by_folder_search_and_in_the_subtype_folder(tmp_path):
     questions, annotations, images = _write_vqa(tmp_path, "train2014", declare=False, questions_name="q.json")
-    source = VQAv2Source(str(questions), str(annotations), str(images), VOCABULARY, SkipLog())
+    source = VQAv2Source.from_files(
+        str(questions),
+        annotations_path=str(annotations),
+        image_root=str(images),
+        answer_vocabulary=VOCABULARY,
+        skip_log=SkipLog(),
+    )
     assert source.subtype == "train2014"
     assert color_index(decode_image(source[0].image, "x")) == 0
     # --image_root may be the train2014 folder itself
-    source = VQAv2Source(str(questions), None, str(images / "train2014"), None, SkipLog())
+    source = VQAv2Source.from_files(str(questions), image_root=str(images / "train2014"), skip_log=SkipLog())
     assert color_index(decode_image(source[0].image, "x")) == 0
     with pytest.raises(DataConfigError, match="cannot tell which COCO images"):
-        VQAv2Source(str(questions), None, str(tmp_path), None, SkipLog())
+        VQAv2Source.from_files(str(questions), image_root=str(tmp_path), skip_log=SkipLog())
 
 
 def test_vqa_start_up_errors_name_the_fix(tmp_path):
     questions, annotations, images = _write_vqa(tmp_path)
     with pytest.raises(DataConfigError, match="does not exist"):
-        VQAv2Source(str(tmp_path / "missing.json"), None, str(images), None, SkipLog())
+        VQAv2Source.from_files(str(tmp_path / "missing.json"), image_root=str(images), skip_log=SkipLog())
     with pytest.raises(DataConfigError, match="not a VQAv2 questions file.*annotation_file"):
-        VQAv2Source(str(annotations), None, str(images), None, SkipLog())  # the files swapped
+        VQAv2Source.from_files(str(annotations), image_root=str(images), skip_log=SkipLog())  # the files swapped
     with pytest.raises(DataConfigError, match="not a VQAv2 annotations file"):
-        VQAv2Source(str(questions), str(questions), str(images), VOCABULARY, SkipLog())
+        VQAv2Source.from_files(
+            str(questions),
+            annotations_path=str(questions),
+            image_root=str(images),
+            answer_vocabulary=VOCABULARY,
+            skip_log=SkipLog(),
+        )
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DataConfigError, match="not a VQAv2 questions file"):
-        VQAv2Source(str(tmp_path / "broken.json"), None, str(images), None, SkipLog())
+        VQAv2Source.from_files(str(tmp_path / "broken.json"), image_root=str(images), skip_log=SkipLog())
     with pytest.raises(DataConfigError, match="--answer_vocabulary_file"):
-        VQAv2Source(str(questions), str(annotations), str(images), None, SkipLog())
+        VQAv2Source.from_files(
+            str(questions), annotations_path=str(annotations), image_root=str(images), skip_log=SkipLog()
+        )
     with pytest.raises(DataConfigError, match="--image_root"):
-        VQAv2Source(str(questions), None, None, None, SkipLog())
+        VQAv2Source.from_files(str(questions), image_root=None, skip_log=SkipLog())
     save_answer_vocabulary(str(tmp_path / "answers.json"), VOCABULARY)  # a vocabulary path works too
     source = task_source("vqav2", "auto", str(questions), str(annotations), str(images), SkipLog(),
                          answer_vocabulary=str(tmp_path / "answers.json"))  # fmt: skip
@@ -322,7 +350,7 @@ def test_snli_ve_jsonl(tmp_path):
     assert log.counts() == {"bad_row": 3}
     (tmp_path / "nlvr.json").write_text(json.dumps({"identifier": "dev-1-0-0", "sentence": "s", "label": "True"}))
     with pytest.raises(DataConfigError, match="not an SNLI-VE jsonl file"):
-        SnliVeSource(str(tmp_path / "nlvr.json"), str(tmp_path), SkipLog())
+        SnliVeSource.from_files(str(tmp_path / "nlvr.json"), image_root=str(tmp_path), skip_log=SkipLog())
 
 
 def test_snli_ve_jsonl_names_its_image_either_way_in_circulation(tmp_path):
@@ -336,14 +364,14 @@ def test_snli_ve_jsonl_names_its_image_either_way_in_circulation(tmp_path):
         {"Flikr30kID": "3416050480", "sentence2": "c", "gold_label": "contradiction", "pairID": "p3"},
     ]
     (tmp_path / "snli_ve_dev.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    source = SnliVeSource(str(tmp_path / "snli_ve_dev.jsonl"), str(tmp_path), SkipLog())
+    source = SnliVeSource.from_files(str(tmp_path / "snli_ve_dev.jsonl"), image_root=str(tmp_path), skip_log=SkipLog())
     records = [source[i] for i in range(3)]
     assert {record.image_id for record in records} == {"snli_ve_dev.jsonl:3416050480"}
     assert all(color_index(decode_image(record.image, "x")) == 3 for record in records)
     assert [record.target for record in records] == [1, 2, 0]
     (tmp_path / "other.jsonl").write_text(json.dumps({"image": "1.jpg", "sentence2": "a", "gold_label": "neutral"}))
     with pytest.raises(DataConfigError, match="Flickr30K_ID or Flikr30kID"):
-        SnliVeSource(str(tmp_path / "other.jsonl"), str(tmp_path), SkipLog())
+        SnliVeSource.from_files(str(tmp_path / "other.jsonl"), image_root=str(tmp_path), skip_log=SkipLog())
 
 
 def _nlvr2_images(root, folder: str, pair: str, colors: tuple[int, int]) -> None:
@@ -363,7 +391,7 @@ def test_nlvr2_json_pairs_folders_and_labels(tmp_path):
     ]
     (tmp_path / "train.json").write_text("\n".join(json.dumps(r) for r in train_rows) + "\n")
     log = SkipLog(tmp_path / "skips.jsonl")
-    source = Nlvr2Source(str(tmp_path / "train.json"), str(root), log)
+    source = Nlvr2Source.from_files(str(tmp_path / "train.json"), image_root=str(root), skip_log=log)
     assert len(source) == 2 and log.counts() == {"bad_row": 1}
     first = source[0]
     assert first.target == 1 and source[1].target == 0 and first.example_id == "train-10171-0-0"
@@ -377,10 +405,12 @@ def test_nlvr2_json_pairs_folders_and_labels(tmp_path):
                          split_folder=".")  # fmt: skip
     assert source[0].target is None and color_index(decode_image(source[0].extra_images[0][0], "x")) == 3
     with pytest.raises(DataConfigError, match="no image folder"):
-        Nlvr2Source(str(tmp_path / "test.json"), str(tmp_path), SkipLog())
+        Nlvr2Source.from_files(str(tmp_path / "test.json"), image_root=str(tmp_path), skip_log=SkipLog())
     # the official writer's layout: train images under images/train/
     _nlvr2_images(tmp_path / "official", "images/train/7", "train-10171-0", (4, 5))
-    source = Nlvr2Source(str(tmp_path / "train.json"), str(tmp_path / "official"), SkipLog())
+    source = Nlvr2Source.from_files(
+        str(tmp_path / "train.json"), image_root=str(tmp_path / "official"), skip_log=SkipLog()
+    )
     assert color_index(decode_image(source[0].image, "x")) == 4
 
 
@@ -411,16 +441,22 @@ def _vqa_arrow(path, label2ans=("yes", "no", "2"), test=False) -> None:
 
 def test_vqa_arrow_targets_and_vocabulary_checks(tmp_path):
     _vqa_arrow(tmp_path / "vqav2_val.arrow")
-    source = VQAv2ArrowSource([str(tmp_path / "vqav2_val.arrow")], SkipLog(), VOCABULARY)
-    assert len(source) == 2 and source.num_unanswerable == 1  # question 21 has no class
+    source = ArrowTaskSource.from_files(
+        [str(tmp_path / "vqav2_val.arrow")], VqaArrowRows(answer_vocabulary=VOCABULARY), skip_log=SkipLog()
+    )
+    assert len(source) == 2 and source.rows.num_unanswerable == 1  # question 21 has no class
     assert source[0].target == {"labels": [0, 1], "scores": [1.0, 0.3], "answers": []}
     assert source[1].example_id == "20" and source[1].caption == "how many?"
     assert color_index(decode_image(source[1].image, "x")) == 1
     assert answer_vocabulary_from_arrow([str(tmp_path / "vqav2_val.arrow")]) == VOCABULARY
     with pytest.raises(DataConfigError, match="--answer_vocabulary_file"):
-        VQAv2ArrowSource([str(tmp_path / "vqav2_val.arrow")], SkipLog(), None)
+        ArrowTaskSource.from_files(
+            [str(tmp_path / "vqav2_val.arrow")], VqaArrowRows(answer_vocabulary=None), skip_log=SkipLog()
+        )
     with pytest.raises(DataConfigError, match="another answer vocabulary.*class 1 is 'no'"):
-        VQAv2ArrowSource([str(tmp_path / "vqav2_val.arrow")], SkipLog(), ["yes", "2", "no"])
+        ArrowTaskSource.from_files(
+            [str(tmp_path / "vqav2_val.arrow")], VqaArrowRows(answer_vocabulary=["yes", "2", "no"]), skip_log=SkipLog()
+        )
     # a class no file names cannot be rebuilt
     _write_table(tmp_path / "gap.arrow", {"answers": [[["x"]]], "answer_labels": [[[2]]]})
     with pytest.raises(DataConfigError, match=r"classes \[0, 1\]"):
@@ -440,7 +476,7 @@ def test_snli_ve_and_nlvr2_arrow(tmp_path):
         "labels": [[2, 0], [7]],  # 7: no class
     })  # fmt: skip
     log = SkipLog(tmp_path / "skips.jsonl")
-    source = SnliVeArrowSource([str(tmp_path / "snli_dev.arrow")], log)
+    source = ArrowTaskSource.from_files([str(tmp_path / "snli_dev.arrow")], SnliVeArrowRows(), skip_log=log)
     assert [(source[i].caption, source[i].target) for i in range(len(source))] == [("a dog", 2), ("a cat", 0)]
     assert color_index(decode_image(source[0].image, "x")) == 3 and log.counts() == {"bad_row": 1}
 
@@ -452,17 +488,17 @@ def test_snli_ve_and_nlvr2_arrow(tmp_path):
         "identifier": ["dev-850-0"],
     })  # fmt: skip
     source = task_source("nlvr2", "arrow", [str(tmp_path / "nlvr2_dev.arrow")], None, None, log)
-    assert isinstance(source, Nlvr2ArrowSource) and len(source) == 2 and log.counts() == {"bad_row": 2}
+    assert isinstance(source.rows, Nlvr2ArrowRows) and len(source) == 2 and log.counts() == {"bad_row": 2}
     record = source[1]
     assert record.target == 0 and record.example_id == "dev-850-0[1]"
     assert color_index(decode_image(record.image, "x")) == 5
     assert color_index(decode_image(record.extra_images[0][0], "x")) == 6
 
     with pytest.raises(DataConfigError, match="lacks the columns.*write_nlvr2.py"):
-        Nlvr2ArrowSource([str(tmp_path / "snli_dev.arrow")], SkipLog())
+        ArrowTaskSource.from_files([str(tmp_path / "snli_dev.arrow")], Nlvr2ArrowRows(), skip_log=SkipLog())
     (tmp_path / "not.arrow").write_bytes(b"not arrow")
     with pytest.raises(DataConfigError, match="not an Arrow IPC file"):
-        SnliVeArrowSource([str(tmp_path / "not.arrow")], SkipLog())
+        ArrowTaskSource.from_files([str(tmp_path / "not.arrow")], SnliVeArrowRows(), skip_log=SkipLog())
 
 
 def test_factory_refuses_what_it_cannot_read(tmp_path):

@@ -2,6 +2,11 @@
 as the official BridgeTower arrow files (microsoft/BridgeTower src/utils/write_vqa.py, write_snli.py,
 write_nlvr2.py). `task_source(...)` picks one.
 
+Each reader's `from_files(...)` reads and checks the files and builds the source; the constructors only hold what
+it found. The json readers are one class per task (`VQAv2Source`, `SnliVeSource`, `Nlvr2Source`); the arrow files
+share one source, `ArrowTaskSource`, that runs the loop over files and rows and hands each row to the task's row
+parser (`VqaArrowRows`, `SnliVeArrowRows`, `Nlvr2ArrowRows`).
+
 Every reader is a random-access `MapSource` of `RawRecord`s, one per question / hypothesis / sentence:
 
 - `caption`: the question (VQAv2), the hypothesis `sentence2` (SNLI-VE; the official dataset reads only it), the
@@ -33,7 +38,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from ..evaluation.vqa import answer_scores, load_answer_vocabulary
 from .records import BadRecord, RawRecord, SkipLog
@@ -48,7 +53,8 @@ _SUBTYPE_IN_NAME = re.compile(r"(train2014|val2014|test-dev2015|test2015)")
 
 
 class _Entry(NamedTuple):
-    """One record before its images are loaded. `image` and the images of `extra_images` are references that the
+    """One record before its images are loaded (built with keywords; a tuple, as `MapSource` entries are, so the
+    data set can read its image_id at [2]). `image` and the images of `extra_images` are references that the
     source's `load_image` resolves (a path, or a (file, row, column) cell of an arrow table); `target` is in the
     source's stored form (see `_target`)."""
 
@@ -63,6 +69,9 @@ class _Entry(NamedTuple):
 
 class TaskSource(MapSource):
     """The shared random-access part: entries with targets and further images."""
+
+    def __init__(self, *, name: str, entries: list[_Entry]):
+        self.name, self.entries = name, entries
 
     def __getitem__(self, index: int) -> RawRecord:
         entry = self.entries[index]
@@ -115,6 +124,28 @@ def resolve_vocabulary(answer_vocabulary: list[str] | str | None) -> list[str] |
     return None if answer_vocabulary is None else list(answer_vocabulary)
 
 
+# --- the arrow files' row parsers ----------------------------------------------------------------------------------
+class ArrowRows:
+    """How one task's official arrow files are laid out (`columns`, of which `image_columns` are read only when an
+    image is loaded; `writer`: the official script) and how a row becomes entries (`parse`, which raises
+    BadRecord for a row it cannot read and logs a question it cannot read). `finish_file` checks what a whole file
+    says; `target` turns a stored target into the record's."""
+
+    columns: ClassVar[tuple[str, ...]]
+    image_columns: ClassVar[tuple[str, ...]]
+    writer: ClassVar[str]
+
+    def parse(self, cells: dict, file_number: int, row: int, base: str, skip_log: SkipLog) -> list[_Entry]:
+        raise NotImplementedError
+
+    def finish_file(self, path: str) -> None:
+        """Called after each file's rows."""
+
+    @staticmethod
+    def target(stored):
+        return stored
+
+
 # --- VQAv2 -----------------------------------------------------------------------------------------------------------
 class VQAv2Source(TaskSource):
     """The official VQAv2 files: questions (`v2_OpenEnded_mscoco_<subtype>_questions.json`: {"data_subtype",
@@ -128,16 +159,24 @@ class VQAv2Source(TaskSource):
     in `answer_vocabulary` are dropped when `drop_unanswerable` (as write_vqa.py drops them from train and val;
     keep them to score a validation set honestly), and counted in `num_unanswerable`."""
 
-    def __init__(
-        self,
+    def __init__(self, *, name: str, entries: list[_Entry], subtype: str, image_folder: str,
+                 answer_vocabulary: list[str] | None, num_unanswerable: int):  # fmt: skip
+        super().__init__(name=name, entries=entries)
+        self.subtype, self.image_folder = subtype, image_folder
+        self.answer_vocabulary, self.num_unanswerable = answer_vocabulary, num_unanswerable
+
+    @classmethod
+    def from_files(
+        cls,
         questions_path: str,
-        annotations_path: str | None,
+        *,
+        annotations_path: str | None = None,
         image_root: str | None,
-        answer_vocabulary: list[str] | str | None,
+        answer_vocabulary: list[str] | str | None = None,
         skip_log: SkipLog,
         drop_unanswerable: bool = True,
-    ):
-        self.name = os.path.basename(questions_path)
+    ) -> VQAv2Source:
+        name = os.path.basename(questions_path)
         _require_file(questions_path, "VQAv2 questions file")
         try:
             with open(questions_path) as f:
@@ -152,48 +191,57 @@ class VQAv2Source(TaskSource):
         if not isinstance(questions, list):
             raise DataConfigError(f"{questions_path}: 'questions' is not a list: expected a VQAv2 questions file.")
         root = _require_image_root(image_root, questions_path, "the COCO train2014/ val2014/ test2015/ folders")
-        self.subtype = self._subtype(content, questions_path, questions, root)
-        folder = os.path.join(root, self.subtype)
-        self.image_folder = folder if os.path.isdir(folder) else root  # or image_root is the subtype folder itself
-        self.num_unanswerable = 0
-        self.answer_vocabulary = resolve_vocabulary(answer_vocabulary)
+        subtype = cls._subtype(content, questions_path, questions, root)
+        folder = os.path.join(root, subtype)
+        image_folder = folder if os.path.isdir(folder) else root  # or image_root is the subtype folder itself
+        num_unanswerable = 0
+        vocabulary = resolve_vocabulary(answer_vocabulary)
 
         by_question = None
         if annotations_path:
-            if self.answer_vocabulary is None:
+            if vocabulary is None:
                 raise DataConfigError(
                     f"VQAv2 annotations {annotations_path}: the answer vocabulary is needed to turn answers into "
                     "classes: pass --answer_vocabulary_file (a JSON list; evaluation.vqa.build_answer_vocabulary "
                     "builds the official one from the train + val annotations)."
                 )
-            by_question = self._annotations(annotations_path, skip_log)
-        classes = {answer: index for index, answer in enumerate(self.answer_vocabulary or [])}
+            by_question = cls._annotations(annotations_path, skip_log)
+        classes = {answer: index for index, answer in enumerate(vocabulary or [])}
 
-        self.entries = []
+        entries = []
         for number, question in enumerate(questions):
-            name = f"{self.name}:questions[{number}]"
+            row_name = f"{name}:questions[{number}]"
             try:
                 image_number, text, question_id = question["image_id"], question["question"], question["question_id"]
-                file = os.path.join(self.image_folder, f"COCO_{self.subtype}_{int(image_number):012d}.jpg")
+                file = os.path.join(image_folder, f"COCO_{subtype}_{int(image_number):012d}.jpg")
                 target = None
                 if by_question is not None:
                     if question_id not in by_question:
-                        raise BadRecord("bad_row", name, f"question_id {question_id} has no annotation")
+                        raise BadRecord("bad_row", row_name, f"question_id {question_id} has no annotation")
                     answers = by_question[question_id]
                     scores = answer_scores(answers)
                     labelled = [(classes[answer], score) for answer, score in scores.items() if answer in classes]
                     if not labelled and drop_unanswerable:
-                        self.num_unanswerable += 1
+                        num_unanswerable += 1
                         continue
                     # stored compactly (tuples, interned strings): 440k training questions stay small in memory
                     target = (tuple(label for label, _ in labelled), tuple(score for _, score in labelled), answers)
-                image_id = f"{self.name}:{image_number}"
-                self.entries.append(_Entry(file, text, image_id, f"{self.name}:{question_id}", target,
-                                           example_id=str(question_id)))  # fmt: skip
+                entries.append(
+                    _Entry(
+                        image=file,
+                        caption=text,
+                        image_id=f"{name}:{image_number}",
+                        name=f"{name}:{question_id}",
+                        target=target,
+                        example_id=str(question_id),
+                    )
+                )
             except BadRecord as bad:
                 skip_log.record(bad)
             except (KeyError, TypeError, ValueError) as error:
-                skip_log.record(BadRecord("bad_row", name, f"{type(error).__name__}: {error}"))
+                skip_log.record(BadRecord("bad_row", row_name, f"{type(error).__name__}: {error}"))
+        return cls(name=name, entries=entries, subtype=subtype, image_folder=image_folder,
+                   answer_vocabulary=vocabulary, num_unanswerable=num_unanswerable)  # fmt: skip
 
     def _target(self, stored):
         if stored is None:
@@ -201,7 +249,8 @@ class VQAv2Source(TaskSource):
         labels, scores, answers = stored
         return {"labels": list(labels), "scores": list(scores), "answers": list(answers)}
 
-    def _annotations(self, path: str, skip_log: SkipLog) -> dict:
+    @staticmethod
+    def _annotations(path: str, skip_log: SkipLog) -> dict:
         """{question_id: (the raw annotator answers)}."""
         rows = _load_json(path, "VQAv2 annotations file", "annotations", "a VQAv2 annotations file")
         base = os.path.basename(path)
@@ -242,70 +291,61 @@ class VQAv2Source(TaskSource):
         )
 
 
-class VQAv2ArrowSource(TaskSource):
+class VqaArrowRows(ArrowRows):
     """The official VQAv2 arrow files (write_vqa.py: `vqav2_{train,val,test}[_fix].arrow`, one row per image:
     image, questions, answers, answer_labels, answer_scores, image_id, question_id, split; per-question lists).
 
     The labels index the vocabulary the writer built (`label2ans`), which the files do not store; so labelled files
-    need `answer_vocabulary` in the writer's order: it is checked against the answers the file names for each label.
-    `answer_vocabulary_from_arrow([train, val files])` rebuilds it as the official datamodule does. Test files carry
-    no labels: their questions have target None and need no vocabulary."""
+    need `answer_vocabulary` in the writer's order: it is checked against the answers each file names for each
+    label. `answer_vocabulary_from_arrow([train, val files])` rebuilds it as the official datamodule does. Test
+    files carry no labels: their questions have target None and need no vocabulary. Questions without a class are
+    dropped when `drop_unanswerable`, and counted in `num_unanswerable`."""
 
-    COLUMNS = ("image", "questions", "answers", "answer_labels", "answer_scores", "image_id", "question_id")
+    columns: ClassVar[tuple[str, ...]] = ("image", "questions", "answers", "answer_labels", "answer_scores",
+                                          "image_id", "question_id")  # fmt: skip
+    image_columns: ClassVar[tuple[str, ...]] = ("image",)
+    writer: ClassVar[str] = "write_vqa.py"
 
-    def __init__(
-        self,
-        paths: list[str],
-        skip_log: SkipLog,
-        answer_vocabulary: list[str] | str | None = None,
-        drop_unanswerable: bool = True,
-    ):
-        self.tables, self.entries, self.num_unanswerable = [], [], 0
+    def __init__(self, *, answer_vocabulary: list[str] | str | None = None, drop_unanswerable: bool = True):
         self.answer_vocabulary = resolve_vocabulary(answer_vocabulary)
-        self.name = _arrow_name(paths)
-        for file_number, path in enumerate(paths):
-            table = _read_arrow(path, self.COLUMNS, "write_vqa.py")
-            self.tables.append(table)
-            base = os.path.basename(path)
-            columns = {column: table.column(column).to_pylist() for column in self.COLUMNS[1:]}
-            seen: dict[int, str] = {}  # label -> the answer this file names for it
-            for row in range(table.num_rows):
-                questions, question_ids = columns["questions"][row], columns["question_id"][row]
-                labels, scores, answers = (columns[c][row] for c in ("answer_labels", "answer_scores", "answers"))
-                image_id = f"{base}:{columns['image_id'][row]}"
-                try:
-                    if not isinstance(questions, list) or not isinstance(question_ids, list):
-                        raise BadRecord("bad_row", f"{base}[{row}]", "questions / question_id are not lists")
-                    if len(question_ids) != len(questions):
-                        raise BadRecord("bad_row", f"{base}[{row}]", "questions and question_id differ in length")
-                    # test files: empty answer lists (write_vqa.py `list(list())`)
-                    labelled = bool(labels)
-                    if labelled and not (len(labels) == len(scores) == len(answers) == len(questions)):
-                        raise BadRecord("bad_row", f"{base}[{row}]", "per-question answer lists differ in length")
-                except BadRecord as bad:
-                    skip_log.record(bad)
-                    continue
-                for k, (question, question_id) in enumerate(zip(questions, question_ids, strict=True)):
-                    name = f"{base}[{row}][{k}]"
-                    target = None
-                    if labelled:
-                        if not all(isinstance(c[k], list) for c in (labels, scores, answers)) or not (
-                            len(labels[k]) == len(scores[k]) == len(answers[k])
-                        ):
-                            skip_log.record(BadRecord("bad_row", name, "labels, scores and answers do not pair up"))
-                            continue
-                        seen.update(zip(labels[k], answers[k], strict=True))
-                        if not labels[k] and drop_unanswerable:
-                            self.num_unanswerable += 1
-                            continue
-                        target = (tuple(labels[k]), tuple(scores[k]))
-                    entry = _Entry((file_number, row, "image"), question, image_id, name, target,
-                                   example_id=str(question_id))  # fmt: skip
-                    self.entries.append(entry)
-            if seen:
-                self._check_vocabulary(path, seen)
+        self.drop_unanswerable = drop_unanswerable
+        self.num_unanswerable = 0
+        self._seen: dict[int, str] = {}  # label -> the answer the current file names for it
 
-    def _check_vocabulary(self, path: str, seen: dict[int, str]) -> None:
+    def parse(self, cells: dict, file_number: int, row: int, base: str, skip_log: SkipLog) -> list[_Entry]:
+        questions, question_ids = cells["questions"], cells["question_id"]
+        labels, scores, answers = cells["answer_labels"], cells["answer_scores"], cells["answers"]
+        image_id = f"{base}:{cells['image_id']}"
+        if not isinstance(questions, list) or not isinstance(question_ids, list):
+            raise BadRecord("bad_row", f"{base}[{row}]", "questions / question_id are not lists")
+        if len(question_ids) != len(questions):
+            raise BadRecord("bad_row", f"{base}[{row}]", "questions and question_id differ in length")
+        labelled = bool(labels)  # test files: empty answer lists (write_vqa.py `list(list())`)
+        if labelled and not (len(labels) == len(scores) == len(answers) == len(questions)):
+            raise BadRecord("bad_row", f"{base}[{row}]", "per-question answer lists differ in length")
+        entries = []
+        for k, (question, question_id) in enumerate(zip(questions, question_ids, strict=True)):
+            name = f"{base}[{row}][{k}]"
+            target = None
+            if labelled:
+                if not all(isinstance(c[k], list) for c in (labels, scores, answers)) or not (
+                    len(labels[k]) == len(scores[k]) == len(answers[k])
+                ):
+                    skip_log.record(BadRecord("bad_row", name, "labels, scores and answers do not pair up"))
+                    continue
+                self._seen.update(zip(labels[k], answers[k], strict=True))
+                if not labels[k] and self.drop_unanswerable:
+                    self.num_unanswerable += 1
+                    continue
+                target = (tuple(labels[k]), tuple(scores[k]))
+            entries.append(_Entry(image=(file_number, row, "image"), caption=question, image_id=image_id, name=name,
+                                  target=target, example_id=str(question_id)))  # fmt: skip
+        return entries
+
+    def finish_file(self, path: str) -> None:
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return
         if self.answer_vocabulary is None:
             raise DataConfigError(
                 f"{path}: the official VQAv2 arrow files keep answer class numbers but not the vocabulary they "
@@ -327,14 +367,12 @@ class VQAv2ArrowSource(TaskSource):
                 "in the writer's order (answer_vocabulary_from_arrow([the train and val arrow files]) rebuilds it)."
             )
 
-    def _target(self, stored):
+    @staticmethod
+    def target(stored):
         if stored is None:
             return None
         labels, scores = stored
         return {"labels": list(labels), "scores": list(scores), "answers": []}  # the raw answers are not kept
-
-    def load_image(self, image, name):
-        return _arrow_cell(self.tables, image)
 
 
 def answer_vocabulary_from_arrow(paths: list[str]) -> list[str]:
@@ -385,13 +423,18 @@ class SnliVeSource(TaskSource):
     field, no extension) or `Flikr30kID` ("3416050480.jpg", the field the data set's own loading example and
     several public loaders read)."""
 
-    def __init__(self, path: str, image_root: str | None, skip_log: SkipLog):
+    def __init__(self, *, name: str, entries: list[_Entry], image_folder: str):
+        super().__init__(name=name, entries=entries)
+        self.image_folder = image_folder
+
+    @classmethod
+    def from_files(cls, path: str, *, image_root: str | None, skip_log: SkipLog) -> SnliVeSource:
         _require_file(path, "SNLI-VE file")
-        self.name = os.path.basename(path)
+        name = os.path.basename(path)
         root = _require_image_root(image_root, path, "the Flickr30K images, <Flickr30K_ID>.jpg")
         official = os.path.join(root, "flickr30k-images")  # write_snli.py's layout
-        self.image_folder = official if os.path.isdir(official) else root
-        rows = list(json_lines(path, self.name, skip_log))
+        image_folder = official if os.path.isdir(official) else root
+        rows = list(json_lines(path, name, skip_log))
         _check_first_rows(rows, path, ("sentence2", "gold_label"), "an SNLI-VE jsonl file")
         head = [row for _, row in rows[:100]]
         if head and not any(key in row for row in head for key in SNLI_VE_IMAGE_FIELDS):
@@ -399,57 +442,66 @@ class SnliVeSource(TaskSource):
                 f"{path} is not an SNLI-VE jsonl file: its records name no image ({' or '.join(SNLI_VE_IMAGE_FIELDS)}"
                 f"; first record's fields: {sorted(head[0])})."
             )
-        self.entries = []
+        entries = []
         for line, row in rows:
-            name = f"{self.name}:{line}"
+            row_name = f"{name}:{line}"
             try:
-                image_number, hypothesis, label = snli_ve_image_number(row, name), row["sentence2"], row["gold_label"]
+                image_number = snli_ve_image_number(row, row_name)
+                hypothesis, label = row["sentence2"], row["gold_label"]
                 if label not in SNLI_VE_LABELS:
-                    raise BadRecord("bad_row", name, f"gold_label {label!r} is none of {sorted(SNLI_VE_LABELS)}")
+                    raise BadRecord("bad_row", row_name, f"gold_label {label!r} is none of {sorted(SNLI_VE_LABELS)}")
                 if not isinstance(hypothesis, str):
-                    raise BadRecord("bad_row", name, "sentence2 is not text")
-                file = os.path.join(self.image_folder, f"{image_number}.jpg")
-                example_id = str(row.get("pairID", name))
+                    raise BadRecord("bad_row", row_name, "sentence2 is not text")
                 # the official dataset strips the hypothesis (base_dataset.py, "snli" texts: t[1].strip())
-                self.entries.append(_Entry(file, hypothesis.strip(), f"{self.name}:{image_number}", name,
-                                           SNLI_VE_LABELS[label], example_id=example_id))  # fmt: skip
+                entries.append(
+                    _Entry(
+                        image=os.path.join(image_folder, f"{image_number}.jpg"),
+                        caption=hypothesis.strip(),
+                        image_id=f"{name}:{image_number}",
+                        name=row_name,
+                        target=SNLI_VE_LABELS[label],
+                        example_id=str(row.get("pairID", row_name)),
+                    )
+                )
             except BadRecord as bad:
                 skip_log.record(bad)
             except (KeyError, TypeError) as error:
-                skip_log.record(BadRecord("bad_row", name, f"missing field {error}"))
+                skip_log.record(BadRecord("bad_row", row_name, f"missing field {error}"))
+        return cls(name=name, entries=entries, image_folder=image_folder)
 
 
-class SnliVeArrowSource(TaskSource):
+class SnliVeArrowRows(ArrowRows):
     """The official SNLI-VE arrow files (write_snli.py: `snli_{train,dev,test}.arrow`, one row per Flickr30K image:
     image, sentences ([premise, hypothesis] pairs), labels (class indices)). The hypothesis is the text, as
     the official dataset reads it."""
 
-    COLUMNS = ("image", "sentences", "labels")
+    columns: ClassVar[tuple[str, ...]] = ("image", "sentences", "labels")
+    image_columns: ClassVar[tuple[str, ...]] = ("image",)
+    writer: ClassVar[str] = "write_snli.py"
 
-    def __init__(self, paths: list[str], skip_log: SkipLog):
-        self.tables, self.entries = [], []
-        self.name = _arrow_name(paths)
-        for file_number, path in enumerate(paths):
-            table = _read_arrow(path, self.COLUMNS, "write_snli.py")
-            self.tables.append(table)
-            base = os.path.basename(path)
-            sentences, labels = table.column("sentences").to_pylist(), table.column("labels").to_pylist()
-            for row, (pairs, row_labels) in enumerate(zip(sentences, labels, strict=True)):
-                if not isinstance(pairs, list) or not isinstance(row_labels, list) or len(pairs) != len(row_labels):
-                    skip_log.record(BadRecord("bad_row", f"{base}[{row}]", "sentences and labels do not pair up"))
-                    continue
-                for k, (pair, label) in enumerate(zip(pairs, row_labels, strict=True)):
-                    name = f"{base}[{row}][{k}]"
-                    if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)):
-                        skip_log.record(BadRecord("bad_row", name, "not a [premise, hypothesis] pair"))
-                    elif label not in SNLI_VE_LABELS.values():
-                        skip_log.record(BadRecord("bad_row", name, f"label {label!r} is not 0, 1 or 2"))
-                    else:
-                        self.entries.append(_Entry((file_number, row, "image"), pair[1].strip(), f"{base}:{row}",
-                                                   name, int(label), example_id=name))  # fmt: skip
-
-    def load_image(self, image, name):
-        return _arrow_cell(self.tables, image)
+    def parse(self, cells: dict, file_number: int, row: int, base: str, skip_log: SkipLog) -> list[_Entry]:
+        pairs, labels = cells["sentences"], cells["labels"]
+        if not isinstance(pairs, list) or not isinstance(labels, list) or len(pairs) != len(labels):
+            raise BadRecord("bad_row", f"{base}[{row}]", "sentences and labels do not pair up")
+        entries = []
+        for k, (pair, label) in enumerate(zip(pairs, labels, strict=True)):
+            name = f"{base}[{row}][{k}]"
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)):
+                skip_log.record(BadRecord("bad_row", name, "not a [premise, hypothesis] pair"))
+            elif label not in SNLI_VE_LABELS.values():
+                skip_log.record(BadRecord("bad_row", name, f"label {label!r} is not 0, 1 or 2"))
+            else:
+                entries.append(
+                    _Entry(
+                        image=(file_number, row, "image"),
+                        caption=pair[1].strip(),
+                        image_id=f"{base}:{row}",
+                        name=name,
+                        target=int(label),
+                        example_id=name,
+                    )
+                )
+        return entries
 
 
 # --- NLVR2 -----------------------------------------------------------------------------------------------------------
@@ -471,35 +523,38 @@ class Nlvr2Source(TaskSource):
     the numbered subfolder `directory` (write_nlvr2.py; its train images sit under images/train/, also found).
     `split_folder="."` reads images directly from `image_root`."""
 
-    def __init__(self, path: str, image_root: str | None, skip_log: SkipLog, split_folder: str | None = None):
+    @classmethod
+    def from_files(cls, path: str, *, image_root: str | None, skip_log: SkipLog,
+                   split_folder: str | None = None) -> Nlvr2Source:  # fmt: skip
         _require_file(path, "NLVR2 file")
-        self.name = os.path.basename(path)
+        name = os.path.basename(path)
         root = _require_image_root(image_root, path, "the NLVR2 train/ dev/ test1/ image folders")
-        rows = list(json_lines(path, self.name, skip_log))
+        rows = list(json_lines(path, name, skip_log))
         _check_first_rows(rows, path, ("identifier", "sentence"), "an NLVR2 json-lines file")
         folders: dict[str, str] = {}
-        self.entries = []
+        entries = []
         for line, row in rows:
-            name = f"{self.name}:{line}"
+            row_name = f"{name}:{line}"
             try:
                 identifier, sentence = row["identifier"], row["sentence"]
                 if not isinstance(sentence, str) or not isinstance(identifier, str) or "-" not in identifier:
-                    raise BadRecord("bad_row", name, "identifier / sentence are not text")
-                label = nlvr2_label(row.get("label"), name)
+                    raise BadRecord("bad_row", row_name, "identifier / sentence are not text")
+                label = nlvr2_label(row.get("label"), row_name)
                 split = split_folder if split_folder is not None else identifier.split("-")[0]
                 if split not in folders:
-                    folders[split] = self._split_folder(root, split, path)
+                    folders[split] = cls._split_folder(root, split, path)
                 folder = folders[split]
                 if identifier.startswith("train") and "directory" in row:  # write_nlvr2.py: train only
                     folder = os.path.join(folder, str(row["directory"]))
                 pair = identifier.rsplit("-", 1)[0]  # "train-10171-0-0" -> "train-10171-0"
-                images = [(os.path.join(folder, f"{pair}-img{i}.png"), f"{self.name}:{pair}-img{i}") for i in (0, 1)]
-                self.entries.append(_Entry(images[0][0], sentence, images[0][1], name, label, (images[1],),
-                                           identifier))  # fmt: skip
+                images = [(os.path.join(folder, f"{pair}-img{i}.png"), f"{name}:{pair}-img{i}") for i in (0, 1)]
+                entries.append(_Entry(image=images[0][0], caption=sentence, image_id=images[0][1], name=row_name,
+                                      target=label, extra_images=(images[1],), example_id=identifier))  # fmt: skip
             except BadRecord as bad:
                 skip_log.record(bad)
             except (KeyError, TypeError) as error:
-                skip_log.record(BadRecord("bad_row", name, f"missing field {error}"))
+                skip_log.record(BadRecord("bad_row", row_name, f"missing field {error}"))
+        return cls(name=name, entries=entries)
 
     @staticmethod
     def _split_folder(root: str, split: str, path: str) -> str:
@@ -513,36 +568,64 @@ class Nlvr2Source(TaskSource):
         )
 
 
-class Nlvr2ArrowSource(TaskSource):
+class Nlvr2ArrowRows(ArrowRows):
     """The official NLVR2 arrow files (write_nlvr2.py: `nlvr2_{train,dev,test1,...}.arrow`, one row per image
     pair: image_0, image_1, questions (sentences), answers ("True"/"False"), identifier (the pair's))."""
 
-    COLUMNS = ("image_0", "image_1", "questions", "answers", "identifier")
+    columns: ClassVar[tuple[str, ...]] = ("image_0", "image_1", "questions", "answers", "identifier")
+    image_columns: ClassVar[tuple[str, ...]] = ("image_0", "image_1")
+    writer: ClassVar[str] = "write_nlvr2.py"
 
-    def __init__(self, paths: list[str], skip_log: SkipLog):
-        self.tables, self.entries = [], []
-        self.name = _arrow_name(paths)
+    def parse(self, cells: dict, file_number: int, row: int, base: str, skip_log: SkipLog) -> list[_Entry]:
+        sentences, answers, pair = cells["questions"], cells["answers"], cells["identifier"]
+        if not isinstance(sentences, list) or not isinstance(answers, list) or len(sentences) != len(answers):
+            raise BadRecord("bad_row", f"{base}[{row}]", "questions and answers do not pair up")
+        images = [((file_number, row, f"image_{i}"), f"{base}:{pair}-img{i}") for i in (0, 1)]
+        entries = []
+        for k, (sentence, answer) in enumerate(zip(sentences, answers, strict=True)):
+            name = f"{base}[{row}][{k}]"
+            try:
+                label = nlvr2_label(answer, name)
+                if not isinstance(sentence, str):
+                    raise BadRecord("bad_row", name, "the sentence is not text")
+            except BadRecord as bad:
+                skip_log.record(bad)
+                continue
+            entries.append(_Entry(image=images[0][0], caption=sentence, image_id=images[0][1], name=name,
+                                  target=label, extra_images=(images[1],), example_id=f"{pair}[{k}]"))  # fmt: skip
+        return entries
+
+
+# --- the arrow source ------------------------------------------------------------------------------------------------
+class ArrowTaskSource(TaskSource):
+    """The official arrow files of one task (several files form one source), memory-mapped: `rows` (the task's row
+    parser: VqaArrowRows, SnliVeArrowRows or Nlvr2ArrowRows) says which columns the files hold and turns each row
+    into entries; a row it refuses is logged as `bad_row`."""
+
+    def __init__(self, *, name: str, entries: list[_Entry], tables: list, rows):
+        super().__init__(name=name, entries=entries)
+        self.tables, self.rows = tables, rows
+
+    @classmethod
+    def from_files(cls, paths: list[str], rows, *, skip_log: SkipLog) -> ArrowTaskSource:
+        name = _arrow_name(paths)
+        tables, entries = [], []
         for file_number, path in enumerate(paths):
-            table = _read_arrow(path, self.COLUMNS, "write_nlvr2.py")
-            self.tables.append(table)
+            table = _read_arrow(path, rows.columns, rows.writer)
+            tables.append(table)
             base = os.path.basename(path)
-            columns = [table.column(c).to_pylist() for c in ("questions", "answers", "identifier")]
-            for row, (sentences, answers, pair) in enumerate(zip(*columns, strict=True)):
-                if not isinstance(sentences, list) or not isinstance(answers, list) or len(sentences) != len(answers):
-                    skip_log.record(BadRecord("bad_row", f"{base}[{row}]", "questions and answers do not pair up"))
-                    continue
-                images = [((file_number, row, f"image_{i}"), f"{base}:{pair}-img{i}") for i in (0, 1)]
-                for k, (sentence, answer) in enumerate(zip(sentences, answers, strict=True)):
-                    name = f"{base}[{row}][{k}]"
-                    try:
-                        label = nlvr2_label(answer, name)
-                        if not isinstance(sentence, str):
-                            raise BadRecord("bad_row", name, "the sentence is not text")
-                    except BadRecord as bad:
-                        skip_log.record(bad)
-                        continue
-                    self.entries.append(_Entry(images[0][0], sentence, images[0][1], name, label, (images[1],),
-                                               f"{pair}[{k}]"))  # fmt: skip
+            read = [column for column in rows.columns if column not in rows.image_columns]  # images: when loaded
+            values = {column: table.column(column).to_pylist() for column in read}
+            for row in range(table.num_rows):
+                try:
+                    entries += rows.parse({c: values[c][row] for c in read}, file_number, row, base, skip_log)
+                except BadRecord as bad:
+                    skip_log.record(bad)
+            rows.finish_file(path)
+        return cls(name=name, entries=entries, tables=tables, rows=rows)
+
+    def _target(self, stored):
+        return self.rows.target(stored)
 
     def load_image(self, image, name):
         return _arrow_cell(self.tables, image)
@@ -620,9 +703,12 @@ def task_source(
     if fmt == "auto":
         fmt = "arrow" if all(p.lower().endswith(".arrow") for p in paths) else "json"
     if fmt == "arrow":
-        if key == "vqa":
-            return VQAv2ArrowSource(paths, skip_log, answer_vocabulary, drop_unanswerable)
-        return SnliVeArrowSource(paths, skip_log) if key == "snli_ve" else Nlvr2ArrowSource(paths, skip_log)
+        rows = {
+            "vqa": lambda: VqaArrowRows(answer_vocabulary=answer_vocabulary, drop_unanswerable=drop_unanswerable),
+            "snli_ve": SnliVeArrowRows,
+            "nlvr2": Nlvr2ArrowRows,
+        }[key]()
+        return ArrowTaskSource.from_files(paths, rows, skip_log=skip_log)
     if fmt not in ("json", "jsonl", JSON_FORMATS[key]):
         raise DataConfigError(
             f"--dataset_format {fmt!r} cannot read {key} data: use auto, arrow or {JSON_FORMATS[key]} (the released "
@@ -631,7 +717,9 @@ def task_source(
     if len(paths) != 1:
         raise DataConfigError(f"{key} json readers take one file at a time, not {len(paths)}.")
     if key == "vqa":
-        return VQAv2Source(paths[0], annotation_path, image_root, answer_vocabulary, skip_log, drop_unanswerable)
+        return VQAv2Source.from_files(paths[0], annotations_path=annotation_path, image_root=image_root,
+                                      answer_vocabulary=answer_vocabulary, skip_log=skip_log,
+                                      drop_unanswerable=drop_unanswerable)  # fmt: skip
     if key == "snli_ve":
-        return SnliVeSource(paths[0], image_root, skip_log)
-    return Nlvr2Source(paths[0], image_root, skip_log, split_folder)
+        return SnliVeSource.from_files(paths[0], image_root=image_root, skip_log=skip_log)
+    return Nlvr2Source.from_files(paths[0], image_root=image_root, skip_log=skip_log, split_folder=split_folder)

@@ -39,11 +39,11 @@ def task_sources(task: str, data_args, split: str, seed: int, skip_log, image_si
             task,
             data_args.dataset_format,
             path,
-            annotation,
-            data_args.image_root,
-            skip_log,
+            annotation_path=annotation,
+            image_root=data_args.image_root,
+            skip_log=skip_log,
             answer_vocabulary=getattr(data_args, "answer_vocabulary", None),
-        )  # fmt: skip
+        )
         for path, annotation in zip(files, annotations, strict=True)
     ]
 

@@ -67,3 +67,59 @@ def test_the_training_data_is_uint8_and_the_model_sees_the_float_path():
     ours = model.encode_image(pixels).hidden_states[-1]
     reference = model.encode_image(normalize_pixels(pixels)).hidden_states[-1]
     torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+
+def test_length_buckets_cut_each_batch_to_the_smallest_bucket_and_real_tokens_see_the_same_outputs():
+    from bridgetower_gaudi import BridgeTowerForPreTraining
+    from bridgetower_gaudi.data.collator import PadToLengthBucket
+    from tests.conftest import tiny_config
+
+    dataset = _negatives_dataset()
+    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="in_batch", reuse_image_features=True)
+    examples = [dataset[p] for p in range(8)]
+    full = collator(examples)
+    cut = PadToLengthBucket(collator, [4, 12, 16])(examples)
+    longest = int(full["attention_mask"].sum(1).max())
+    assert full["input_ids"].shape[1] == 16 and longest <= 12
+    length = 12 if longest > 4 else 4
+    assert cut["input_ids"].shape[1] == cut["labels"].shape[1] == length
+    for key in ("input_ids", "attention_mask", "labels"):  # the same batch (same masking), shorter
+        assert torch.equal(cut[key], full[key][:, :length]), key
+        assert not full[key][:, length:].ne(full[key][0, -1]).any() or key == "labels"
+    assert (full["labels"][:, length:] == -100).all()
+    for key in ("pixel_values", "itm_labels", "itm_image_index"):
+        assert torch.equal(cut[key], full[key]), key
+
+    torch.manual_seed(0)
+    model = BridgeTowerForPreTraining(tiny_config(pretraining_objectives=["mlm", "itm"])).eval()
+    size = model.config.vision_config.image_size
+    for batch in (full, cut):
+        batch["pixel_values"] = torch.nn.functional.interpolate(batch["pixel_values"].float(), size=size).byte()
+    with torch.no_grad():
+        out_full, out_cut = model(**full), model(**cut)
+        pair = lambda b: model.bridgetower(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])
+        pair_full, pair_cut = pair(full), pair(cut)
+    real = cut["attention_mask"].bool()
+    text_full = pair_full.text_features[:, :length][real]
+    torch.testing.assert_close(pair_cut.text_features[real], text_full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pair_cut.image_features, pair_full.image_features, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pair_cut.pooler_output, pair_full.pooler_output, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out_cut.itm_logits, out_full.itm_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out_cut.mlm_loss, out_full.mlm_loss, rtol=0, atol=1e-5)
+
+
+def test_length_buckets_are_checked_against_max_seq_length():
+    from bridgetower_gaudi.data.sources import DataConfigError
+
+    assert DataArguments(length_buckets="50,16,24,32").bucket_lengths == [16, 24, 32, 50]
+    with pytest.raises(DataConfigError, match="between 2 and --max_seq_length 50"):
+        DataArguments(length_buckets="16,64")
+    with pytest.raises(DataConfigError, match="comma-separated whole numbers"):
+        DataArguments(length_buckets="16;24")
+
+
+def test_a_bucketed_training_run_steps_without_host_syncs(tmp_path):
+    from tests.host_sync_run import count_step_syncs
+
+    steps, _ = count_step_syncs("pretrain", ["--max_steps", "2", "--length_buckets", "8,12,16"], str(tmp_path))
+    assert [step.syncs for step in steps] == [0, 0], [step.report() for step in steps]

@@ -68,6 +68,12 @@ class DataArguments:
         },
     )
     max_seq_length: int = field(default=50, metadata={"help": "Every caption is padded / truncated to this."})
+    length_buckets: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated caption lengths, e.g. 16,24,32,50: each batch is cut to the smallest that "
+                  "holds its longest caption (at most that many shapes: HPU graphs / compiles); a batch longer than "
+                  "every bucket keeps --max_seq_length. Default: every batch at --max_seq_length."},
+    )  # fmt: skip
     image_size: int | None = field(default=None, metadata={"help": "Image side; default: the model's."})
     image_transform: str = field(
         default="clip",
@@ -119,12 +125,31 @@ class DataArguments:
             raise DataConfigError(f"--dataset_format {self.dataset_format!r}: choose one of {FORMATS}.")
         if self.itm_negatives is not None and self.itm_negatives not in ITM_NEGATIVES:
             raise DataConfigError(f"--itm_negatives {self.itm_negatives!r}: choose one of {ITM_NEGATIVES[:3]}.")
+        self.bucket_lengths = parse_length_buckets(self.length_buckets, self.max_seq_length)
         if self.synthetic_task not in SYNTHETIC_TASKS:
             raise DataConfigError(f"--synthetic_task {self.synthetic_task!r}: choose one of {SYNTHETIC_TASKS}.")
         if self.dataset_format != "synthetic" and not has_data:
             raise DataConfigError(
                 f"--dataset_format {self.dataset_format} needs --train_file / --validation_file or --dataset_name."
             )
+
+
+def parse_length_buckets(text: str | None, max_seq_length: int) -> list[int]:
+    """'16,24,32,50' -> [16, 24, 32, 50] (sorted); DataConfigError naming the fix when a bucket is not a positive
+    whole number or is longer than --max_seq_length (captions are cut there)."""
+    if not text:
+        return []
+    try:
+        buckets = sorted({int(item) for item in text.split(",") if item.strip()})
+    except ValueError:
+        problem = f"--length_buckets {text!r}: give comma-separated whole numbers, e.g. 16,24,32,50."
+        raise DataConfigError(problem) from None
+    if not buckets or buckets[0] < 2 or buckets[-1] > max_seq_length:
+        raise DataConfigError(
+            f"--length_buckets {text!r}: every bucket must be between 2 and --max_seq_length {max_seq_length} "
+            "(captions are padded / cut to --max_seq_length first)."
+        )
+    return buckets
 
 
 def guess_format(path: str) -> str:

@@ -173,3 +173,39 @@ class TaskCollator:
             for key, value in examples[0].items()
             if isinstance(value, torch.Tensor)
         }
+
+
+@dataclass
+class PadToLengthBucket:
+    """Wraps a collator: its batch (captions padded to --max_seq_length) is cut to the smallest of `buckets` that
+    holds the batch's longest caption, so the step compiles at most len(buckets) + 1 text shapes (HPU graphs,
+    torch.compile) and attends over fewer pad tokens. Cut after the wrapped collator's random draws (MLM masking
+    chooses attended tokens only), so the batch is the same one, shorter. The model's outputs on real tokens do not
+    depend on the padding (tests/test_data_path.py)."""
+
+    collator: object
+    buckets: list[int]
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        mask = batch.get("attention_mask")
+        if mask is None or not self.buckets:
+            return batch
+        full = mask.shape[1]
+        longest = int(mask.sum(dim=1).max())  # in the loader (CPU): not a device sync
+        length = next((bucket for bucket in self.buckets if bucket >= longest), full)
+        if length >= full:
+            return batch
+        shape = mask.shape
+        for key in (*TEXT_KEYS, "labels"):  # labels: the MLM targets only (shaped like the captions)
+            if key in batch and batch[key].shape == shape:
+                batch[key] = batch[key][:, :length].contiguous()
+        return batch
+
+    def __getattr__(self, name):  # the wrapped collator's settings (tokenizer, itm_negatives, ...)
+        return getattr(self.__dict__["collator"], name)
+
+
+def pad_to_length_buckets(buckets: list[int], *collators):
+    """The collators, each wrapped in PadToLengthBucket when `buckets` (DataArguments.bucket_lengths) are given."""
+    return tuple(PadToLengthBucket(c, buckets) if buckets and c is not None else c for c in collators)

@@ -17,12 +17,14 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataArguments, ImageTextDataset, SkipLog, synthetic_tokenizer
+from ..data.collator import pad_to_length_buckets
 from ..device import (
     DEFAULT_GAUDI_CONFIG,
     GAUDI_ATTENTION,
     GaudiSoftwareMissing,
     backend_name,
     gaudi_training_arguments_class,
+    habana_deepspeed_problem,
     lazy_collectives_problem,
     parsing_context,
     require_use_habana_on_hpu,
@@ -53,6 +55,7 @@ class DeviceSwitches:
     use_flash_attention: bool = False
     attn_implementation: str | None = None
     gaudi_config_name: str | None = None
+    deepspeed: str | None = None
 
 
 def device_switches(argv: list[str], values: dict | None = None) -> DeviceSwitches:
@@ -77,6 +80,8 @@ def parse_args(argv: list[str] | None, task, training_arguments_class=None, defa
     switches = device_switches(argv, values)
     if switches.use_habana and switches.fp16:  # before GaudiTrainingArguments refuses it without naming the fix
         raise RunFlagError(fp16_on_gaudi_problem())
+    if switches.use_habana and switches.deepspeed and (problem := habana_deepspeed_problem()):
+        raise RunFlagError(problem)  # before GaudiTrainingArguments sets DeepSpeed up with the wrong package
     if training_arguments_class is None:
         require_use_habana_on_hpu(switches.use_habana, switches.use_cpu)
         training_arguments_class = (
@@ -227,6 +232,7 @@ def build_trainer(task, model_args, data_args, task_args, args):
             raise ValueError(f"{need} (or --dataset_name with that split).")
 
     collator, eval_collator = task.collators(tokenizer, data_args, task_args, args)
+    collator, eval_collator = pad_to_length_buckets(data_args.bucket_lengths, collator, eval_collator)
     metrics = task.metrics(tokenizer, data_args, task_args, model)
     args.label_names = metrics.label_names
     trainer = trainer_class(args)(

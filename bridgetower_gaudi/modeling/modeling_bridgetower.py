@@ -621,9 +621,13 @@ def mlm_decoder_capacity(num_positions: int, mlm_probability: float) -> int:
 def masked_positions(labels: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(capacity,) flat indices into `labels`, masked positions (label != -100) first and in order, unmasked ones
     after as padding; and the number of masked positions that did not fit (0-dim). Static shapes, no host read."""
-    unmasked = (labels.reshape(-1) == -100).to(torch.int32)  # sort key: masked (0) before unmasked (1)
-    positions = torch.sort(unmasked, stable=True).indices[:capacity]
-    over_cap = (labels.numel() - unmasked.sum() - capacity).clamp(min=0)
+    flat = labels.reshape(-1)
+    masked = flat != -100
+    # Distinct scores, masked ones above all others and earlier positions above later ones: top-k (a static shape,
+    # supported by every backend) picks the masked positions first, in order. float32 is exact below 2**23 tokens.
+    order = torch.arange(flat.numel(), 0, -1, device=flat.device, dtype=torch.float32)
+    positions = torch.topk(order + masked.to(torch.float32) * flat.numel(), capacity).indices
+    over_cap = (masked.sum() - capacity).clamp(min=0)
     return positions, over_cap
 
 

@@ -320,6 +320,13 @@ def test_deepspeed_on_gaudi_must_be_habanas_fork(monkeypatch, deepspeed, problem
     device.check_gaudi_arguments(_gaudi_args())  # without --deepspeed nothing is asked of DeepSpeed
 
 
+def test_pypis_deepspeed_is_refused_before_the_gaudi_arguments_set_it_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(device, "installed_version", {"deepspeed": "0.19.8", "habana-torch-plugin": "1.24.0"}.get)
+    monkeypatch.setattr(run_module, "gaudi_training_arguments_class", _choose_gaudi)
+    with pytest.raises(ValueError, match="not Habana's fork"):
+        pretrain.parse_args(["--use_habana", "--deepspeed", "run_scripts/ds_zero2.json", "--output_dir", str(tmp_path)])
+
+
 def test_no_extra_for_gaudi_pulls_pypis_deepspeed():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]

@@ -59,6 +59,8 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         ("resume_from_checkpoint", "model"),
         "training/trainer.py: loads our checkpoint layout",
     ),  # fmt: skip
+    PrivateApi(_TRAINER, "Trainer", "_load_optimizer_and_scheduler", ("checkpoint",),
+               "training/trainer.py: several CPU ranks resume (map_location)"),  # fmt: skip
     PrivateApi(_TRAINER, "Trainer", "_load_best_model", (), "training/trainer.py: --load_best_model_at_end"),
     PrivateApi(_TRAINER, "Trainer", "_get_train_sampler", ("train_dataset",), "training/trainer.py: EpochSampler"),
     PrivateApi(_TRAINER, "Trainer", "_train_batch_size", None, "training/trainer.py: the streaming loader's batch"),

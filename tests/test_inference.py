@@ -6,8 +6,11 @@ clear."""
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
+import sys
+import types
 
 import pytest
 import torch
@@ -324,3 +327,41 @@ def test_itc_checkpoints_rank_by_itc(with_itm, images, tmp_path, capsys):
     if not with_itm:
         code, _, err = run_cli(capsys, "fill-mask", "--model", tmp_path / "model", path, "a [MASK] circle")
         assert code == 2 and "no MLM head" in err
+
+
+def test_the_tower_runner_pads_every_batch_to_one_shape_on_hpu_and_returns_the_same_states(monkeypatch):
+    """What HPU gets (static shapes: every batch padded to batch_size, each module an HPU graph), checked on CPU: the
+    modules see one batch shape only, and the states and pair scores are those of the unpadded run."""
+    from bridgetower_gaudi.inference.towers import PairScorer, TowerRunner
+
+    torch.manual_seed(0)
+    model = BridgeTowerForPreTraining(tiny_config()).eval()
+    ids = torch.randint(5, 100, (7, 9))
+    mask = torch.ones_like(ids)
+    plain = TowerRunner(model, batch_size=3)
+    expected = plain(plain.text_tower, ids, mask)
+
+    graphs = []  # device/gaudi.py imports optimum-habana: a stand-in at its boundary records what would be a graph
+    gaudi = types.ModuleType("bridgetower_gaudi.device.gaudi")
+    gaudi.wrap_in_hpu_graph = lambda module: graphs.append(module) or module
+    monkeypatch.setitem(sys.modules, "bridgetower_gaudi.device.gaudi", gaudi)
+    padded = TowerRunner(model, batch_size=3)
+    padded.static_shapes, padded.hpu_graphs = True, True  # as on HPU in lazy mode
+    shapes = []
+    padded.text_tower = padded.graph(plain.text_tower)
+    padded.text_tower.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    states = padded(padded.text_tower, ids, mask)
+    assert set(shapes) == {(3, 9)} and len(shapes) == 3  # 7 rows: batches of 3, 3 and 1 padded to 3
+    assert graphs == [plain.text_tower] and len(states) == model.config.num_bridges + 1
+    for got, want in zip(states, expected, strict=True):
+        assert got.shape == want.shape and torch.equal(got, want)
+
+    # The retrieval's pair scorer: rows picked inside, padded rows cut off again.
+    scorer = PairScorer(model, plain.top_layers)
+    rows = torch.tensor([0, 1, 2, 3, 4, 5, 6]), torch.tensor([6, 5, 4, 3, 2, 1, 0])
+    every = [s.to(plain.device) for s in expected + expected]
+    keep = operator.itemgetter(0)
+    want = torch.cat(plain.run(scorer, plain.batches(*rows), mask, *every, keep=keep))
+    got = torch.cat(padded.run(scorer, padded.batches(*rows), mask, *every, keep=keep))
+    assert got.shape == (7,)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)  # a batch of 1 and one padded to 3: rounding only

@@ -380,3 +380,26 @@ def test_nlvr2_gives_each_image_its_own_text_pass_in_training_as_officially():
         logits = model(**inputs).logits
         assert len(texts) == 1
         assert torch.equal(logits, official(model.bridgetower)) and len(texts) == 3
+
+
+def test_the_large_vqa_model_runs_the_large_scripts_recipe(tmp_path):
+    from types import SimpleNamespace
+
+    from bridgetower_gaudi.modeling import PRESETS
+
+    # scripts/ftfpt_large_vqa.sh: lr 4e-6, 4 per GPU, total 512 (base: 1e-5, 16 per GPU, 512).
+    btg.BridgeTowerConfig(**PRESETS["large"]).save_pretrained(tmp_path / "large")
+    for argv, learning_rate, per_device in (
+        (["--model_name_or_path", str(tmp_path / "large")], 4e-6, 4),
+        (["--config_name", "large"], 4e-6, 4),
+        (["--config_name", "base"], 1e-5, 16),
+        (["--config_name", "large", "--learning_rate", "2e-6"], 2e-6, 4),  # a user's flag still wins
+    ):
+        task = get_task("vqa")
+        task.choose_recipe(argv)
+        flags = [*argv, "--output_dir", str(tmp_path / "out"), "--train_file", "q.json"]
+        _, data_args, _, args = run.parse_args(flags, task)
+        assert (args.learning_rate, args.per_device_train_batch_size) == (learning_rate, per_device), argv
+        plan = SimpleNamespace(per_device_train_batch_size=per_device, world_size=8, gradient_accumulation_steps=1)
+        task.resolve_batch(plan, data_args)
+        assert per_device * 8 * plan.gradient_accumulation_steps == 512

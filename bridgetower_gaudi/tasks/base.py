@@ -4,15 +4,29 @@ the same way for every task; a task holds only what differs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
+
+from transformers import HfArgumentParser
 
 from ..data import DataArguments, SkipLog
 from ..training.arguments import ModelArguments, RecipeArguments
 
 logger = logging.getLogger("bridgetower_gaudi")
+
+
+def read_flags(choice_class: type, argv: list[str]):
+    """The fields of dataclass `choice_class` (all with defaults) from the user's flags (or their one JSON file),
+    before the full parse: the flags a recipe depends on."""
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as f:
+            values = json.load(f)
+        return choice_class(**{f.name: values[f.name] for f in fields(choice_class) if f.name in values})
+    parser = HfArgumentParser(choice_class, add_help=False)
+    return parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)[0]
 
 
 @dataclass

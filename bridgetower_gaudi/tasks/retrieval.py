@@ -5,17 +5,15 @@ RSUM with the fast top-k re-ranking of `evaluation.retrieval`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-
-from transformers import HfArgumentParser
 
 from ..data import ExampleBuilder, ImageTransform, PretrainingCollator, build_dataset
 from ..data.images import evaluation_transform
 from ..evaluation.retrieval import RetrievalData, RetrievalOptions, evaluate_retrieval
 from ..training.arguments import PretrainingArguments
+from .base import read_flags
 from .finetune import apply_paper_resolution, task_dataset
 from .pretrain import PretrainTask, _fixed_objectives
 
@@ -63,13 +61,7 @@ class RetrievalDataChoice:
 def retrieval_dataset(argv: list[str]) -> str:
     """ "flickr30k" or "coco": `--retrieval_dataset`, else what the data files' / data set's names say, else
     flickr30k."""
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0]) as f:
-            values = json.load(f)
-        choice = RetrievalDataChoice(**{k: values[k] for k in RetrievalDataChoice.__dataclass_fields__ if k in values})
-    else:
-        parser = HfArgumentParser(RetrievalDataChoice, add_help=False)
-        choice = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)[0]
+    choice = read_flags(RetrievalDataChoice, argv)
     if choice.retrieval_dataset != "auto":
         if choice.retrieval_dataset not in RECIPES:
             raise ValueError(f"--retrieval_dataset {choice.retrieval_dataset!r}: choose auto, flickr30k or coco.")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -16,8 +17,10 @@ from ..evaluation import vqa as vqa_metrics
 from ..modeling import BridgeTowerForVisualQuestionAnswering
 from ..training.arguments import RecipeArguments
 from ..training.run import build_model
-from .base import Metrics, Task
+from .base import Metrics, Task, read_flags
 from .finetune import apply_paper_resolution, predict_every_example, task_dataset
+
+logger = logging.getLogger("bridgetower_gaudi")
 
 
 @dataclass
@@ -33,13 +36,50 @@ class VqaArguments(RecipeArguments):
     min_answer_count: int = field(default=9, metadata={"help": "Answers kept in a built vocabulary (official: 9)."})
 
 
+# The large model's recipe on top of the base one (scripts/ftfpt_large_vqa.sh: total 512 as base).
+LARGE_RECIPE_FLAGS = ["--per_device_train_batch_size", "4", "--learning_rate", "4e-6"]
+LARGE_VISION = (1024, 14)  # CLIP ViT-L/14: (hidden size, patch size)
+
+
+@dataclass
+class ModelChoice:
+    """The flags that say which model a run fine-tunes, read before the full parse."""
+
+    model_name_or_path: str | None = None
+    config_name: str | None = None
+    vision_model_name_or_path: str | None = None
+
+
+def vision_shape(argv: list[str]) -> tuple[int, int] | None:
+    """(hidden size, patch size) of the vision tower the flags name (checkpoint, config / preset, or vision
+    backbone); None when they name none or it cannot be read (the run then reports that itself)."""
+    from ..modeling import PRESETS, BridgeTowerConfig
+
+    choice = read_flags(ModelChoice, argv)
+    try:
+        if choice.model_name_or_path or (choice.config_name and choice.config_name not in PRESETS):
+            vision = BridgeTowerConfig.from_pretrained(choice.model_name_or_path or choice.config_name).vision_config
+        elif choice.config_name:
+            vision = BridgeTowerConfig(**PRESETS[choice.config_name]).vision_config
+        elif choice.vision_model_name_or_path:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(choice.vision_model_name_or_path)
+            vision = getattr(config, "vision_config", config)
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return vision.hidden_size, vision.patch_size
+
+
 class VqaTask(Task):
     name = "vqa"
     arguments_class = VqaArguments
     official_total_batch = 512
     recipe_flags = [
         "--per_device_train_batch_size", "16",  # x 8 GPUs x 4 accumulation = 512 officially
-        "--learning_rate", "1e-5",  # large: 4e-6
+        "--learning_rate", "1e-5",
         "--warmup_ratio", "0.06",
         "--weight_decay", "0.05",
         "--head_lr_multiplier", "50",
@@ -55,6 +95,12 @@ class VqaTask(Task):
     def __init__(self):
         super().__init__()
         self.answers: list[str] | None = None
+
+    def choose_recipe(self, argv: list[str]) -> None:
+        """The large model (CLIP ViT-L/14 tower) gets the large script's learning rate and per-device batch."""
+        if vision_shape(argv) == LARGE_VISION:
+            self.recipe_flags = type(self).recipe_flags + LARGE_RECIPE_FLAGS
+            logger.info("vqa: the official large recipe (lr 4e-6, 4 per device, total 512)")
 
     def answer_vocabulary(self, model_args, task_args: VqaArguments, data_args) -> list[str]:
         if task_args.answer_vocabulary_file:

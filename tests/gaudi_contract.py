@@ -65,30 +65,49 @@ def gaudi_config(output_dir: str) -> dict:
     return {"keys": sorted(k for k, v in config.to_dict().items() if v not in (None, False)), "error": error}
 
 
-def accumulation(output_dir: str) -> dict:
-    """Losses and weights after 2 optimizer steps with gradient accumulation 2: GaudiTrainer path vs Trainer path."""
+ACCUMULATION_FLAGS = [
+    "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "4", "--max_seq_length", "16",
+    "--synthetic_train_size", "32", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
+    "--gradient_accumulation_steps", "2", "--shuffle_train_data", "False", "--deterministic_masking", "True",
+    "--config_overrides", "hidden_dropout_prob=0.0", "--use_cpu", "--seed", "0",
+    "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--adam_epsilon", "1e-8", "--max_grad_norm", "0",
+]  # fmt: skip
+
+
+def compare_with_trainer(output_dir: str, prepare=None) -> dict:
+    """Losses and weights after 2 optimizer steps with gradient accumulation 2: GaudiTrainer path (set up further by
+    `prepare(trainer)` when given) vs transformers' Trainer path."""
     from bridgetower_gaudi.training.pretrain import parse_args as parse
 
-    flags = ["--do_train", "--max_steps", "2", "--per_device_train_batch_size", "4", "--max_seq_length", "16",
-             "--synthetic_train_size", "32", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
-             "--gradient_accumulation_steps", "2", "--shuffle_train_data", "False", "--deterministic_masking", "True",
-             "--config_overrides", "hidden_dropout_prob=0.0", "--use_cpu", "--seed", "0",
-             "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--adam_epsilon", "1e-8",
-             "--max_grad_norm", "0"]  # fmt: skip
-    gaudi = gaudi_trainer(output_dir + "/gaudi", [*flags, "--use_lazy_mode", "False"])
+    gaudi = gaudi_trainer(output_dir + "/gaudi", [*ACCUMULATION_FLAGS, "--use_lazy_mode", "False"])
+    if prepare is not None:
+        prepare(gaudi)
+    divided, compute_loss = [], type(gaudi).compute_loss
+
+    def recording(self, *args, **kwargs):  # whether our subclass divides the loss, seen inside each training step
+        if torch.is_grad_enabled():
+            divided.append(self._divide_loss)
+        return compute_loss(self, *args, **kwargs)
+
+    type(gaudi).compute_loss = recording
     gaudi.train()
-    model_args, data_args, pretraining_args, args = parse(["--output_dir", output_dir + "/hf", *flags])
+    model_args, data_args, pretraining_args, args = parse(["--output_dir", output_dir + "/hf", *ACCUMULATION_FLAGS])
     plain = build_trainer(model_args, data_args, pretraining_args, resolve_training_arguments(args))
     plain.train()
     losses = lambda trainer: [h["loss"] for h in trainer.state.log_history if "loss" in h]
     gaudi_state, plain_state = gaudi.model.state_dict(), plain.model.state_dict()
     return {
+        "ours_divided": divided,
         "gaudi_losses": losses(gaudi),
         "trainer_losses": losses(plain),
         "max_weight_difference": max(
             (gaudi_state[k].float() - plain_state[k].float()).abs().max().item() for k in plain_state
         ),
     }
+
+
+def accumulation(output_dir: str) -> dict:
+    return compare_with_trainer(output_dir)
 
 
 def deepspeed_optimizer(output_dir: str) -> dict:
@@ -313,43 +332,15 @@ def lazy_accumulation(output_dir: str) -> dict:
     """Lazy mode with pipelining_fwd_bwd: GaudiTrainer divides the loss by the accumulation steps itself, so ours
     must not divide again. Trained on CPU with habana_frameworks' mark_step stubbed (counted)."""
     fake_habana_frameworks()
-    from bridgetower_gaudi.training.pretrain import parse_args as parse
-
-    flags = ["--do_train", "--max_steps", "2", "--per_device_train_batch_size", "4", "--max_seq_length", "16",
-             "--synthetic_train_size", "32", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
-             "--gradient_accumulation_steps", "2", "--shuffle_train_data", "False", "--deterministic_masking", "True",
-             "--config_overrides", "hidden_dropout_prob=0.0", "--use_cpu", "--seed", "0",
-             "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--max_grad_norm", "0"]  # fmt: skip
-    gaudi = gaudi_trainer(output_dir + "/gaudi", [*flags, "--use_lazy_mode", "False"])
-    # GaudiTrainingArguments refuses lazy mode without --use_habana; the training step reads these flags as it runs.
-    gaudi.args.use_lazy_mode = gaudi.args.pipelining_fwd_bwd = True
     marks = []
-    gaudi.htcore = types.SimpleNamespace(mark_step=lambda *a, **k: marks.append(1))
-    divided = []
-    training_step = type(gaudi).training_step
 
-    def recording_step(self, *args, **kwargs):
-        loss = training_step(self, *args, **kwargs)
-        divided.append(self._divide_loss)
-        return loss
+    def lazy(gaudi):
+        # GaudiTrainingArguments refuses lazy mode without --use_habana; the training step reads these as it runs.
+        gaudi.args.use_lazy_mode = gaudi.args.pipelining_fwd_bwd = True
+        gaudi.htcore = types.SimpleNamespace(mark_step=lambda *a, **k: marks.append(1))
 
-    type(gaudi).training_step = recording_step
-    gaudi.train()
-    model_args, data_args, pretraining_args, args = parse(["--output_dir", output_dir + "/hf", *flags])
-    plain = build_trainer(model_args, data_args, pretraining_args, resolve_training_arguments(args))
-    plain.train()
-    losses = lambda trainer: [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    gaudi_state, plain_state = gaudi.model.state_dict(), plain.model.state_dict()
-    return {
-        "lazy": gaudi.args.use_lazy_mode and gaudi.args.pipelining_fwd_bwd,
-        "ours_divided": divided,
-        "mark_steps": len(marks),
-        "gaudi_losses": losses(gaudi),
-        "trainer_losses": losses(plain),
-        "max_weight_difference": max(
-            (gaudi_state[k].float() - plain_state[k].float()).abs().max().item() for k in plain_state
-        ),
-    }
+    report = compare_with_trainer(output_dir, lazy)
+    return {"mark_steps": len(marks), **report}
 
 
 if __name__ == "__main__":

@@ -88,3 +88,52 @@ def test_pretraining_evaluation_covers_every_held_out_pair(tmp_path):
     assert seen["rows"] == (19, 19, 19)  # 2 whole batches and 3 pairs, not 16
     assert set(np.unique(seen["itm_labels"])) <= {0, 1}  # no padding label (-100) reached the metrics
     assert 0.0 <= metrics["eval_itm_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])
+
+
+TWO_RANKS = """
+import json, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_gaudi_evaluation import Examples, Scores
+from bridgetower_gaudi.training.arguments import BridgeTowerTrainingArguments
+from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
+seen = {{}}
+def metrics(prediction):
+    seen["labels"] = prediction.label_ids.tolist()
+    return {{"rows": len(prediction.label_ids)}}
+args = BridgeTowerTrainingArguments(output_dir={out!r}, per_device_eval_batch_size=8, dataloader_drop_last=True,
+                                    report_to=[], use_cpu=True)
+trainer = BridgeTowerTrainer(model=Scores(), args=args, eval_dataset=Examples(),
+                             data_collator=torch.utils.data.default_collate, compute_metrics=metrics)
+result = trainer.evaluate()
+if args.process_index == 0:
+    print("RESULT " + json.dumps({{"world": args.world_size, "loss": result["eval_loss"], "rows": result["eval_rows"],
+                                  "labels": seen["labels"]}}))
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_evaluate_every_example_once_in_order(tmp_path):
+    """Two processes, 8 examples each per batch: the 515 examples come back once each, in order, and the loss is
+    their mean (the padding of the last global batch of 16 spans both ranks)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS.format(root=root, out=str(tmp_path / "out")))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=600, cwd=root,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root),
+    )  # fmt: skip
+    line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+    assert done.returncode == 0 and line, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(line[len("RESULT ") :])
+    expected = [Examples()[i]["labels"].item() for i in range(EXAMPLES)]
+    x = torch.stack([Examples()[i]["x"] for i in range(EXAMPLES)])
+    losses = nn.functional.cross_entropy(torch.stack([0.01 * x, -0.01 * x], dim=-1), torch.tensor(expected),
+                                         reduction="none")  # fmt: skip
+    assert result["world"] == 2 and result["rows"] == EXAMPLES and result["labels"] == expected
+    assert result["loss"] == pytest.approx(losses.mean().item(), rel=1e-5)

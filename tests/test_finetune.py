@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -403,3 +404,19 @@ def test_the_large_vqa_model_runs_the_large_scripts_recipe(tmp_path):
         plan = SimpleNamespace(per_device_train_batch_size=per_device, world_size=8, gradient_accumulation_steps=1)
         task.resolve_batch(plan, data_args)
         assert per_device * 8 * plan.gradient_accumulation_steps == 512
+
+
+def test_the_accumulation_a_recipe_sets_reaches_deepspeeds_config(tmp_path):
+    # TrainingArguments fills DeepSpeed's "auto" batch values when it is built, before the recipe sets the
+    # accumulation: they are filled again, or DeepSpeed would accumulate 1 step where the Trainer expects 32.
+    from bridgetower_gaudi.training.checks import deepspeed_problems
+
+    task = get_task("vqa")
+    config_file = Path(__file__).parents[1] / "run_scripts" / "ds_zero2.json"
+    flags = ["--output_dir", str(tmp_path), "--train_file", "q.json", "--deepspeed", str(config_file)]
+    _, data_args, _, args = run.parse_args(flags, task)
+    assert args.hf_deepspeed_config.config["gradient_accumulation_steps"] == 1
+    task.resolve_batch(args, data_args)
+    config = args.hf_deepspeed_config.config
+    assert (config["gradient_accumulation_steps"], config["train_batch_size"]) == (32, 512)
+    assert args.deepspeed_plugin.gradient_accumulation_steps == 32 and deepspeed_problems(args) == []

@@ -29,6 +29,16 @@ def read_flags(choice_class: type, argv: list[str]):
     return parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)[0]
 
 
+def refresh_deepspeed_config(args) -> None:
+    """TrainingArguments fills the DeepSpeed config's "auto" values (batch sizes, accumulation) and accelerate's
+    DeepSpeed plugin when it is built: fill them again from the changed arguments, as it does."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    args.hf_deepspeed_config = type(args.hf_deepspeed_config)(args.deepspeed)
+    args.hf_deepspeed_config.trainer_config_process(args)
+    args.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=args.hf_deepspeed_config)
+
+
 @dataclass
 class BatchPlan:
     """How a run reaches its total training batch: per-device batch x devices x gradient accumulation."""
@@ -114,7 +124,10 @@ class Task:
         given = "gradient_accumulation_steps" in self.user_flags or total is None
         accumulation = args.gradient_accumulation_steps if given else None
         plan = batch_plan(args.per_device_train_batch_size, max(1, args.world_size), total, accumulation)
-        args.gradient_accumulation_steps = plan.accumulation
+        if plan.accumulation != args.gradient_accumulation_steps:
+            args.gradient_accumulation_steps = plan.accumulation
+            if getattr(args, "deepspeed", None):
+                refresh_deepspeed_config(args)
         logger.info("training batch: %s", plan.describe())
         if plan.warning:
             warnings.warn(f"--task {self.name}: {plan.warning}", stacklevel=2)

@@ -202,12 +202,13 @@ def build_trainer(task, model_args, data_args, task_args, args):
     if problem := unwritable_directory_problem(args.output_dir, "--output_dir"):
         raise RunFlagError(problem)  # before anything is built or written: a container without a writable volume
     resolve_resume(args)
+    # the recipe's total batch via gradient accumulation: before the checks compare it with a DeepSpeed config
+    task.resolve_batch(args, data_args)
     check_run_flags(model_args, data_args, task_args, args)  # before anything is built or written
     args.dataloader_drop_last = True  # static shapes: every batch the same size (HPU graphs, compile)
     args.remove_unused_columns = False
     set_seed(args.seed)
     task.resolve(task_args, data_args)
-    task.resolve_batch(args, data_args)  # the recipe's total batch via gradient accumulation, before the Trainer
     if problem := lazy_collectives_problem(args, "itc" in getattr(task_args, "objective_list", ())):
         raise RunFlagError(problem)
     if args.do_predict and type(task).predict is Task.predict:

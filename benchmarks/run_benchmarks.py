@@ -5,13 +5,14 @@ precision, the two models taking turns step by step in one process (so that thei
     python benchmarks/run_benchmarks.py --task itc --preset large --output_dir benchmarks/results  # optimum-habana
     python benchmarks/run_benchmarks.py --preset tiny --quick --output_dir /tmp/bench  # CI: seconds
 
-Measured, each after warm-up: training samples/s of the pre-training step (MLM + ITM, our one_pass and two_pass
-steps; transformers has no pre-training class), ITM and ITC fine-tuning steps (forward + backward + optimizer step);
-inference pairs/s of ITM scoring and of re-ranking candidate images for a caption; peak memory; FLOPs per step
-(torch.utils.flop_counter), achieved FLOP/s and MFU against a matmul peak measured here in the same run; samples/s
-against batch size; the data path (JPEG images/s per loader worker vs what the model consumes); how many distinct
-input shapes each model saw per tensor. Each model runs as a user runs it by default: ours with our trainer's
-optimizer (parameter groups, fused AdamW), transformers' with its Trainer's default optimizer (fused AdamW).
+Measured, each after warm-up: training samples/s of the pre-training step (MLM + ITM: ours against transformers'
+MaskedLM + ImageAndTextRetrieval sharing weights, two passes; 50-token and Karpathy-length captions), ITM and ITC
+fine-tuning steps (forward + backward + optimizer step); inference pairs/s of ITM scoring and of re-ranking
+candidate images for a caption; peak memory; FLOPs per step (torch.utils.flop_counter), achieved FLOP/s and MFU
+against a matmul peak measured here in the same run; samples/s against batch size; the data path (JPEG images/s per
+loader worker vs what the model consumes); how many distinct input shapes each model saw per tensor. Each model runs
+as a user runs it by default: ours with our trainer's optimizer (parameter groups, fused AdamW), transformers' with
+its Trainer's default optimizer (fused AdamW).
 
 Writes <output_dir>/<device>-<date>/: report.json (every figure with device, versions, git commit, config and this
 command), report.md, throughput.png, memory.png, scaling.png.
@@ -40,11 +41,14 @@ import transformers
 import bridgetower_gaudi as btg
 from bridgetower_gaudi import PRESETS
 from bridgetower_gaudi.data import PretrainingCollator, decode_image
+from bridgetower_gaudi.data.collator import PadToLengthBucket
+from bridgetower_gaudi.data.images import normalize_pixels
 from bridgetower_gaudi.modeling.modeling_bridgetower import TowerOutput
 from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import measure  # noqa: E402  (benchmarks/measure.py, beside this script)
+import step_counts  # noqa: E402  (benchmarks/step_counts.py: Karpathy-length captions, the buckets)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("pretrain", "itm", "itc", "itm_inference", "rerank")
@@ -79,21 +83,34 @@ def images(config, batch: int, generator) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=generator)
 
 
-def pretraining_batch(config, batch: int, seq_len: int, step_mode: str, generator) -> dict:
-    """A batch exactly as the pre-training collator builds it for the official recipe (MLM 15%, data-set ITM
-    negatives): `two_pass` sends every ITM image again, `one_pass` only the data-set negatives."""
-    text = captions(config, batch, seq_len, generator)
-    examples = [
-        {"input_ids": text["input_ids"][i], "attention_mask": text["attention_mask"][i], "image_id": str(i),
-         "pixel_values": images(config, 1, generator)[0], "false_pixel_values": images(config, 1, generator)[0],
-         "false_image_id": f"negative-{i}"}
-        for i in range(batch)
-    ]  # fmt: skip
-    collator = PretrainingCollator(
-        _Vocabulary(config.text_config.vocab_size), itm_negatives="dataset",
-        reuse_image_features=step_mode == "one_pass", seed=0,
-    )  # fmt: skip
-    return collator(examples)
+def pretraining_batches(config, batch: int, seq_len: int, caption_lengths: str, generator) -> tuple[dict, dict]:
+    """(ours, transformers') batch of the official recipe (MLM 15%, data-set ITM negatives), the same captions, masks,
+    pairs and images: ours as our collator builds it (uint8 images, the batch's own images reused for ITM
+    positives, only negatives sent again) cut to its --length_buckets; transformers' padded to the batch's longest
+    caption, float images, an MLM batch and an ITM batch (its two models take every image again).
+    `caption_lengths`: "full" (every caption `seq_len` tokens) or "karpathy" (COCO Karpathy-like lengths, see
+    step_counts.py)."""
+    lengths = (
+        [seq_len] * batch if caption_lengths == "full" else step_counts.karpathy_lengths(batch, max_length=seq_len)
+    )
+    examples = step_counts.pretraining_examples(config, lengths, seq_len, generator)
+    collator = PretrainingCollator(_Vocabulary(config.text_config.vocab_size), itm_negatives="dataset",
+                                   reuse_image_features=True, seed=0)  # fmt: skip
+    buckets = [b for b in step_counts.BUCKETS if b < seq_len] + [seq_len]
+    ours = PadToLengthBucket(collator, buckets)(examples)
+    full = collator(examples)  # the same draws (seeded by content), not cut
+    longest = max(lengths)
+    clean_ids = torch.stack([e["input_ids"] for e in examples])[:, :longest].contiguous()
+    mask = full["attention_mask"][:, :longest].contiguous()
+    pool = normalize_pixels(torch.cat([full["pixel_values"], full["itm_pixel_values"]]))
+    theirs = {
+        "mlm": {"input_ids": full["input_ids"][:, :longest].contiguous(), "attention_mask": mask,
+                "labels": full["labels"][:, :longest].contiguous(),
+                "pixel_values": normalize_pixels(full["pixel_values"])},
+        "itm": {"input_ids": clean_ids, "attention_mask": mask, "pixel_values": pool[full["itm_image_index"]]},
+        "itm_labels": full["itm_labels"],
+    }  # fmt: skip
+    return ours, theirs
 
 
 # --- models and optimizers -------------------------------------------------------------------------------------------
@@ -138,7 +155,7 @@ def describe_optimizer(optimizer) -> str:
 @dataclass
 class Measurement:
     case: str
-    model: str  # "ours", "ours (one_pass)", "transformers", ...
+    model: str  # "ours", "transformers", ...
     kind: str  # "train" or "inference"
     batch_size: int
     samples_per_step: int
@@ -225,21 +242,44 @@ class Runner:
 
 # --- the cases ----------------------------------------------------------------------------------------------------
 def run_pretrain(runner: Runner, config, batch_size: int, seq_len: int):
-    """Ours only: transformers' BridgeTower has no MLM + ITM pre-training class."""
+    """Our pre-training step (one vision pass, MLM decoder at masked positions, captions in length buckets) against
+    what a transformers user writes for the same recipe: BridgeTowerForMaskedLM and
+    BridgeTowerForImageAndTextRetrieval sharing one BridgeTowerModel (one set of weights), two full passes, the
+    losses summed, captions padded to the batch's longest. At `seq_len` tokens ("pretrain") and with Karpathy-length
+    captions ("pretrain_karpathy")."""
     folder = runner.folder
     torch.manual_seed(0)
-    transformers.BridgeTowerForMaskedLM(config).save_pretrained(os.path.join(folder, "pretrain"))
+    theirs_mlm = transformers.BridgeTowerForMaskedLM(config)
+    theirs_itm = transformers.BridgeTowerForImageAndTextRetrieval(config)
+    theirs_itm.bridgetower = theirs_mlm.bridgetower  # one set of weights
+    theirs_mlm.save_pretrained(os.path.join(folder, "pretrain"))
     ours = btg.BridgeTowerForPreTraining.from_pretrained(os.path.join(folder, "pretrain"))  # + a fresh ITM head
+    ours.itm_score.load_state_dict(theirs_itm.itm_score.state_dict())
     ours = ours.to(runner.device).train()
+    theirs_mlm, theirs_itm = theirs_mlm.to(runner.device).train(), theirs_itm.to(runner.device).train()
+    theirs = torch.nn.ModuleDict({"mlm": theirs_mlm, "itm_score": theirs_itm.itm_score})
     runner.shapes.watch(ours)
-    optimizer = our_optimizer(ours, folder)
-    entries = []
-    for mode in ("two_pass", "one_pass"):
-        batch = runner.to_device(pretraining_batch(config, batch_size, seq_len, mode, torch.Generator().manual_seed(0)))
-        entries.append((f"ours ({mode})", ours, runner.train_step(ours, batch, optimizer), optimizer))
-    runner.run("pretrain", "train", entries, batch_size)
-    del ours, optimizer
-    gc.collect()
+    runner.shapes.watch(theirs_mlm)
+    ours_optimizer, theirs_optimizer = our_optimizer(ours, folder), transformers_optimizer(theirs, folder)
+    for case, lengths in (("pretrain", "full"), ("pretrain_karpathy", "karpathy")):
+        ours_batch, theirs_batch = pretraining_batches(config, batch_size, seq_len, lengths,
+                                                       torch.Generator().manual_seed(0))  # fmt: skip
+        ours_batch = runner.to_device(ours_batch)
+        mlm_batch, itm_batch = runner.to_device(theirs_batch["mlm"]), runner.to_device(theirs_batch["itm"])
+        itm_labels = theirs_batch["itm_labels"].to(runner.device)
+
+        def theirs_step(mlm_batch=mlm_batch, itm_batch=itm_batch, itm_labels=itm_labels):
+            with runner.autocast():
+                loss = theirs_mlm(**mlm_batch).loss
+                loss = loss + torch.nn.functional.cross_entropy(theirs_itm(**itm_batch).logits.float(), itm_labels)
+            loss.backward()
+            theirs_optimizer.step()
+            theirs_optimizer.zero_grad(set_to_none=True)
+
+        entries = [("ours", ours, runner.train_step(ours, ours_batch, ours_optimizer), ours_optimizer),
+                   ("transformers", theirs, theirs_step, theirs_optimizer)]  # fmt: skip
+        runner.run(case, "train", entries, batch_size)
+    runner.shapes.context = ""  # the models and optimizers go with this function's frame
 
 
 def run_finetune(runner: Runner, task: str, config, batch_size: int, seq_len: int, scaling: list[int]):
@@ -453,7 +493,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def comparisons(results: list[Measurement]) -> list[dict]:
-    """Ours / transformers per case and batch size (and one_pass / two_pass for the pre-training step)."""
+    """Ours / transformers per case and batch size."""
     by_key = {(r.case, r.batch_size, r.model): r for r in results}
     rows = []
     for (case, size, model), r in by_key.items():
@@ -461,11 +501,6 @@ def comparisons(results: list[Measurement]) -> list[dict]:
             other = by_key[(case, size, "transformers")]
             rows.append({"case": case, "batch_size": size, "ours": r.samples_per_second,
                          "baseline": "transformers", "baseline_value": other.samples_per_second,
-                         "ratio": r.samples_per_second / other.samples_per_second})  # fmt: skip
-        if model == "ours (one_pass)" and (case, size, "ours (two_pass)") in by_key:
-            other = by_key[(case, size, "ours (two_pass)")]
-            rows.append({"case": case, "batch_size": size, "ours": r.samples_per_second,
-                         "baseline": "ours (two_pass)", "baseline_value": other.samples_per_second,
                          "ratio": r.samples_per_second / other.samples_per_second})  # fmt: skip
     return rows
 
@@ -648,9 +683,13 @@ def main(argv=None) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     notes = []
     if "pretrain" in args.tasks:
-        notes.append("pretrain: transformers has no pre-training (MLM + ITM) class, so no transformers figure; ours "
-                     "is the official recipe's batch (data-set negatives): two_pass sends every ITM image through the "
-                     "vision tower again, one_pass only the negatives.")  # fmt: skip
+        notes.append(
+            "pretrain: ours (one vision pass, MLM decoder at masked positions, captions in length buckets "
+            f"{step_counts.BUCKETS}) against transformers' BridgeTowerForMaskedLM + "
+            "BridgeTowerForImageAndTextRetrieval sharing one set of weights, two full passes, captions padded "
+            "to the batch's longest; the official recipe's batch (data-set negatives). pretrain: every "
+            "caption --seq_len tokens; pretrain_karpathy: Karpathy-length captions (mean 15 tokens)."
+        )
     if "rerank" in args.tasks:
         notes.append("rerank: one caption against `batch` candidate images; ours encodes the caption once and runs "
                      "the cross-modal encoder per pair, transformers runs the whole model on each pair.")  # fmt: skip
@@ -686,7 +725,7 @@ def main(argv=None) -> str:
         }  # fmt: skip
     if args.data_images and "pretrain" in args.tasks:
         data = data_path(image_size, args.data_images, 3 if args.quick else 20)
-        consumed = next(r.samples_per_second for r in results if r.model == "ours (two_pass)")
+        consumed = next(r.samples_per_second for r in results if r.case == "pretrain" and r.model == "ours")
         data["model_examples_per_second"] = consumed
         data["workers_needed"] = consumed / data["examples_per_second_per_worker"]
         report["data_path"] = data

@@ -123,3 +123,24 @@ def test_a_bucketed_training_run_steps_without_host_syncs(tmp_path):
 
     steps, _ = count_step_syncs("pretrain", ["--max_steps", "2", "--length_buckets", "8,12,16"], str(tmp_path))
     assert [step.syncs for step in steps] == [0, 0], [step.report() for step in steps]
+
+
+def test_loader_workers_default_from_the_cores_per_local_device_on_accelerators_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from bridgetower_gaudi.data.builder import default_loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(40)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+
+    def resolved(given=(), accelerator=True, workers=0):
+        args = SimpleNamespace(dataloader_num_workers=workers, dataloader_persistent_workers=False,
+                               dataloader_prefetch_factor=None)  # fmt: skip
+        default_loader_workers(args, set(given), accelerator)
+        return args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_prefetch_factor
+
+    assert resolved() == (4, True, 4)  # 40 cores / 8 devices, one left to the training process
+    assert resolved(accelerator=False) == (0, False, None)  # CPU: the workers would take the step's cores
+    assert resolved(given={"dataloader_num_workers"}, workers=2) == (2, True, 4)  # the user's flag wins
+    assert resolved(given={"dataloader_num_workers"}) == (0, False, None)
+    assert resolved(given={"dataloader_persistent_workers"})[1] is False

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataArguments, ImageTextDataset, SkipLog, synthetic_tokenizer
+from ..data.builder import default_loader_workers
 from ..data.collator import pad_to_length_buckets
 from ..device import (
     DEFAULT_GAUDI_CONFIG,
@@ -104,9 +105,14 @@ def parse_args(argv: list[str] | None, task, training_arguments_class=None, defa
     recipe = PAPER_OPTIMIZER_FLAGS + task.recipe_flags
     with parsing_context(training_arguments_class):
         if values is not None:  # the recipe as defaults here too, the file's values win
-            return parser.parse_dict({**flags_as_values(parser, recipe), **values, **extra})
-        extra_flags = [item for key, value in extra.items() for item in (f"--{key}", str(value))]
-        return parser.parse_args_into_dataclasses(recipe + argv + extra_flags)
+            parsed = parser.parse_dict({**flags_as_values(parser, recipe), **values, **extra})
+        else:
+            extra_flags = [item for key, value in extra.items() for item in (f"--{key}", str(value))]
+            parsed = parser.parse_args_into_dataclasses(recipe + argv + extra_flags)
+    given = set(values or ()) | {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
+    accelerator = switches.use_habana or (torch.cuda.is_available() and not switches.use_cpu)
+    default_loader_workers(parsed[-1], given, accelerator)
+    return parsed
 
 
 def flags_as_values(parser: HfArgumentParser, flags: list[str]) -> dict:

@@ -431,7 +431,9 @@ class BridgeTowerTrainerMixin:
             num_workers=workers,
             drop_last=self.args.dataloader_drop_last,
             pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            # Never persistent: each pass sets the stream's epoch and resume position before its workers copy it.
+            persistent_workers=False,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
             # distinct random streams per rank and worker (masking, pairing, augmentation), as Trainer's loaders
             worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index) if workers else None,
         )

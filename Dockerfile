@@ -32,9 +32,11 @@ COPY run_scripts ./run_scripts
 RUN bash run_scripts/setup.sh --hpu
 
 # Writable by any user id (docker run --user "$(id -u):$(id -g)" keeps the host's ownership of outputs/): the HF cache
-# volume, the working folder with its outputs mount point, and the Gaudi runtime's log folder (root's in Intel's image).
+# volume, the working folder with its outputs mount point, and the Gaudi runtime's log folder (root's in Intel's image;
+# emptied of the root-owned logs that importing torch during the build may have written).
 RUN useradd --create-home --uid 1000 trainer \
     && mkdir -p /data/hf /workspace/outputs /var/log/habana_logs \
+    && rm -rf /var/log/habana_logs/* \
     && chmod 1777 /data/hf /workspace /workspace/outputs /var/log/habana_logs
 USER 1000
 WORKDIR /workspace

@@ -36,7 +36,8 @@ def _finetune(task: str, output_dir, steps: int, *flags: str, train: bool = True
     return finetune.main(["--task", task, *todo, "--do_eval", *SHORT, *sizes, "--output_dir", str(output_dir), *flags])
 
 
-# Measured from the session's pre-trained checkpoint (seed 0, one thread): VQA score 0.08 -> 0.47, SNLI-VE accuracy
+# Measured from the session's pre-trained checkpoint (seed 0, one thread): VQA score 0.05 -> 0.77 (2026-12-02;
+# earlier 0.08 -> 0.47), SNLI-VE accuracy
 # 0.62 -> 0.89 (a random head on pre-trained ITM features already splits matching from mismatching colours), NLVR2
 # 0.57 -> 0.73, retrieval RSUM 71 -> 264 (ITC alone 26 -> 147, its heads start random). Chance: VQA ~0.25 knowing
 # the question type, SNLI-VE 0.33, NLVR2 0.5.
@@ -44,7 +45,7 @@ def _finetune(task: str, output_dir, steps: int, *flags: str, train: bool = True
 @pytest.mark.parametrize(
     "task, steps, metric, gain, trained_above",
     [
-        ("vqa", 300, "eval_vqa_score", 0.2, 0.35),
+        ("vqa", 300, "eval_vqa_score", 0.2, 0.7),
         ("snli_ve", 300, "eval_accuracy", 0.15, 0.8),
         ("nlvr2", 300, "eval_accuracy", 0.1, 0.65),
         ("retrieval", 150, "eval_itc_rsum", 60, 100),

@@ -40,7 +40,7 @@ run() {
 
 if [[ $hpu == 1 ]]; then
     if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-        echo "setup.sh --hpu: $PYTHON has no torch; run it inside Intel's Gaudi PyTorch image (README: Gaudi)." >&2
+        echo "setup.sh --hpu: $PYTHON has no torch; run it inside Intel's Gaudi PyTorch image (docs/guides/gaudi.md)." >&2
         exit 1
     fi
     constraints=${SETUP_CONSTRAINTS:-$(mktemp -t bridgetower-gaudi-constraints.XXXXXX)}

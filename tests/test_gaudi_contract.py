@@ -9,12 +9,11 @@ its import (`gaudi_contract.FakeHabanaFrameworks`); optimum-habana's own code ru
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import ROOT, child_environment, failure_report, python_script, run_checked
 
 
 def write_shim(folder) -> str:
@@ -26,18 +25,10 @@ def write_shim(folder) -> str:
 
 def run_check(tmp_path, check: str) -> dict:
     """One check of gaudi_contract.py in a subprocess with the shim (optimum-habana patches transformers globally)."""
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([write_shim(tmp_path / "shim"), ROOT]), TOKENIZERS_PARALLELISM="false"
-    )
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "gaudi_contract.py"), check, str(tmp_path / "out")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = {**child_environment(), "PYTHONPATH": os.pathsep.join([write_shim(tmp_path / "shim"), ROOT])}
+    done = run_checked(python_script("tests/gaudi_contract.py", check, str(tmp_path / "out")), env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("CONTRACT ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    assert lines, failure_report(done)
     return json.loads(lines[-1][len("CONTRACT ") :])
 
 
@@ -167,10 +158,9 @@ print("IMPORTS", len(names), sorted(failed.items()))
 
 def test_optimum_habana_is_imported_only_by_the_device_module():
     """Every module of the package imports with optimum and habana_frameworks blocked, but device.gaudi."""
-    done = subprocess.run([sys.executable, "-c", BLOCKING_IMPORT], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))  # fmt: skip
+    done = run_checked([sys.executable, "-c", BLOCKING_IMPORT], timeout=300)
     line = next((line for line in done.stdout.splitlines() if line.startswith("IMPORTS ")), None)
-    assert done.returncode == 0 and line, done.stderr[-3000:]
+    assert line, failure_report(done)
     count, failed = line.split(" ", 2)[1:]
     assert int(count) > 30
     assert failed == "[('bridgetower_gaudi.device.gaudi', 'blocked: optimum')]"

@@ -2,8 +2,6 @@
 stack, runs one training step and one inference on the device, and exits non-zero with the fix for each problem. The
 HPU is faked at its boundary (transformers' HPU probe, the installed versions, HCCL, the device step)."""
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -11,14 +9,12 @@ import torch
 
 import bridgetower_gaudi.device.__main__ as doctor
 from bridgetower_gaudi.device import GAUDI_STACK
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import child_environment, run_checked
 
 
 def test_doctor_runs_a_training_step_and_an_inference_on_cpu():
-    done = subprocess.run([sys.executable, "-m", "bridgetower_gaudi.device"], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=dict(os.environ, PT_HPU_LAZY_MODE="1"))  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    done = run_checked([sys.executable, "-m", "bridgetower_gaudi.device"], timeout=300,
+                       env=child_environment(PT_HPU_LAZY_MODE="1"))  # fmt: skip
     lines = done.stdout.splitlines()
     for key in ("backend: cpu", "synapse: ", "torch: ", "optimum-habana: ", "deepspeed_fork: ", "lazy_mode: on",
                 "hccl: "):  # fmt: skip

@@ -116,20 +116,14 @@ def test_two_ranks_evaluate_every_example_once_in_order(tmp_path):
     """Two processes, 8 examples each per batch: the 515 examples come back once each, in order, and the loss is
     their mean (the padding of the last global batch of 16 spans both ranks)."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from tests.processes import ROOT, failure_report, run_checked, torchrun
+
     script = tmp_path / "two_ranks.py"
-    script.write_text(TWO_RANKS.format(root=root, out=str(tmp_path / "out")))
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=600, cwd=root,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root),
-    )  # fmt: skip
+    script.write_text(TWO_RANKS.format(root=ROOT, out=str(tmp_path / "out")))
+    done = run_checked(torchrun(2, str(script)))
     line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
-    assert done.returncode == 0 and line, done.stdout[-2000:] + done.stderr[-3000:]
+    assert line, failure_report(done)
     result = json.loads(line[len("RESULT ") :])
     expected = [Examples()[i]["labels"].item() for i in range(EXAMPLES)]
     x = torch.stack([Examples()[i]["x"] for i in range(EXAMPLES)])

@@ -3,7 +3,6 @@ the parts that need it run in test_gaudi_contract.py's subprocess)."""
 
 import json
 import os
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ from bridgetower_gaudi.device import DEFAULT_GAUDI_CONFIG, GAUDI_ATTENTION
 from bridgetower_gaudi.device.attention import register_tower_attention
 from bridgetower_gaudi.training.arguments import BridgeTowerTrainingArguments
 from tests.conftest import make_inputs, tiny_config
+from tests.processes import child_environment, failure_report, run_checked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,9 +71,9 @@ def test_run_pretrain_sets_lazy_mode_before_torch_is_imported():
         "    pass\n"
         "print('LAZY', seen)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PT_HPU_LAZY_MODE"}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert "LAZY ['1']" in done.stdout, done.stderr[-2000:]
+    env = {k: v for k, v in child_environment().items() if k != "PT_HPU_LAZY_MODE"}
+    done = run_checked([sys.executable, "-c", probe], env=env, timeout=300)
+    assert "LAZY ['1']" in done.stdout, failure_report(done)
 
 
 def _gaudi_args(**overrides):
@@ -242,11 +242,9 @@ def test_setup_hpu_pins_the_image_and_installs_habanas_deepspeed_at_its_release(
         info.joinpath("METADATA").write_text(f"Metadata-Version: 2.1\nName: habana-torch-plugin\nVersion: {plugin}\n")
         path = os.pathsep.join(filter(None, [str(tmp_path / "image"), path]))
     constraints = tmp_path / "c.txt"
-    env = dict(os.environ, PYTHON=sys.executable, SETUP_DRY_RUN="1", SETUP_CONSTRAINTS=str(constraints),
-               PYTHONPATH=path)  # fmt: skip
-    done = subprocess.run(["bash", os.path.join(ROOT, "run_scripts", "setup.sh"), "--hpu"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    env = {**child_environment(PYTHON=sys.executable, SETUP_DRY_RUN="1", SETUP_CONSTRAINTS=str(constraints)),
+           "PYTHONPATH": path}  # fmt: skip
+    done = run_checked(["bash", os.path.join(ROOT, "run_scripts", "setup.sh"), "--hpu"], env=env, timeout=120)
     pinned = constraints.read_text().lower().split()
     assert f"torch=={torch.__version__}".lower() in pinned
     assert (f"habana-torch-plugin=={plugin}" in pinned) == bool(plugin)

@@ -166,7 +166,7 @@ def gaudi_training_arguments_class():
         raise GaudiSoftwareMissing(
             "--use_habana needs the Intel Gaudi software, and this Python lacks: "
             + "; ".join(missing)
-            + ". Run on a Gaudi machine inside Intel's Gaudi PyTorch image (README: 'Gaudi'), "
+            + ". Run on a Gaudi machine inside Intel's Gaudi PyTorch image (docs/guides/gaudi.md), "
             "or drop --use_habana to train on CUDA or the CPU with the same flags."
         )
     from .gaudi import BridgeTowerGaudiTrainingArguments

@@ -22,12 +22,13 @@ scored by ITM: the default model has no ITC head), when the data is synthetic or
 The tables (`ablation_<grid>.md`, `.csv`, `.png`, and every seed's figures in `ablation_<grid>.json`) give each
 point's mean and standard deviation over seeds, its difference to the reference, and mark (*) a difference that
 exceeds the spread: |mean - reference mean| > std(point) + std(reference), i.e. the mean +- std bands do not overlap.
+
+This module holds the flags and the runs; the grids' points are in `ablation_grid`, the tables in `ablation_tables`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -36,15 +37,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..tasks.pretrain import TINY_SYNTHETIC_INITIALIZER_FACTOR
+from .ablation_grid import GRIDS, PAPER_BRIDGES, AblationError, Point, grid_points
+from .ablation_tables import METRICS, markdown_table, summarize, write_tables
 
-GRIDS = ("bridge_type", "num_cross_layers", "num_bridges", "backbones")
-# The paper's Design I rows, in its order (a)-(i).
-PAPER_BRIDGES = (
-    "add", "multiply", "weighted_add", "gated", "linear", "mlp", "cross_attention", "cross_attention_ffn", "add_linear",
-)  # fmt: skip
+# Re-exported: the grid and the tables are read through this module too.
+__all__ = ["GRIDS", "METRICS", "PAPER_BRIDGES", "AblationError", "Point", "grid_points", "main", "markdown_table",
+           "parse_args", "run", "summarize", "write_tables"]  # fmt: skip
 
 # The default run: the tiny preset with 3 cross-modal layers (its towers have 3 layers, so 0-2 bridges and 1-3
 # layers can be compared) on the harder synthetic task, where which object a word describes depends on the other one.
@@ -79,116 +80,10 @@ TRAINING_FLAGS = [
 DATA_FLAGS = ("--train_file", "--validation_file", "--dataset_name", "--dataset_format")
 MODEL_FLAGS = ("--config_name", "--vision_model_name_or_path", "--text_model_name_or_path")
 
-# (column label, all_results.json key or retrieval key, scale for display)
-METRICS = (
-    ("ITM acc.", "eval_itm_accuracy", 100.0),
-    ("MLM acc.", "eval_mlm_accuracy", 100.0),
-    ("MLM acc., image-only words", "eval_mlm_attribute_accuracy", 100.0),
-    ("RSUM", "rsum", 1.0),
-)
 POINT_FILE = "ablation_point.json"
 # Every point runs the pre-training entry point as a module of the installed package (a wheel has no run_scripts/).
 LAUNCHER = (sys.executable, "-m", "bridgetower_gaudi.training.pretrain")
 RETRIEVAL_FILE = "ablation_retrieval.json"
-
-
-class AblationError(ValueError):
-    """Flags that cannot make a grid; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Point:
-    """One model of a grid: `name` is its folder, `label` its table row, `overrides` its config fields, `flags` extra
-    run flags (backbones: the checkpoints), `reference` the point it is compared with (None: it is a reference)."""
-
-    name: str
-    label: str
-    overrides: dict = field(default_factory=dict, hash=False)
-    flags: tuple[str, ...] = ()
-    reference: str | None = None
-
-
-# --- the grid --------------------------------------------------------------------------------------------------------
-def _bridge_type_points(values: list[str] | None, base_layers: int) -> list[Point]:
-    from ..modeling.configuration import BRIDGE_VARIANTS
-
-    chosen = values or list(PAPER_BRIDGES)
-    unknown = [v for v in chosen if v not in BRIDGE_VARIANTS]
-    if unknown:
-        raise AblationError(f"--values {','.join(unknown)}: bridge types are {sorted(BRIDGE_VARIANTS)}.")
-    points = []
-    for variant in ["add"] + [v for v in dict.fromkeys(chosen) if v != "add"]:
-        description = BRIDGE_VARIANTS[variant]  # "(d) LayerNorm(...)": the paper's row letter, if it has one
-        letter = description.split(")")[0] + ") " if description.startswith("(") else ""
-        reference = None if variant == "add" else "bridge_type=add"
-        points.append(Point(f"bridge_type={variant}", letter + variant, {"link_tower_type": variant}, (), reference))
-    return points
-
-
-def _num_cross_layers_points(values: list[str] | None, base_layers: int) -> list[Point]:
-    chosen = _integers(values, "num_cross_layers") if values else list(range(1, base_layers + 1))
-    if min(chosen) < 1:
-        raise AblationError("--values: a model needs at least 1 cross-modal layer.")
-    points = []
-    for layers in [base_layers] + [n for n in dict.fromkeys(chosen) if n != base_layers]:
-        reference = None if layers == base_layers else f"num_cross_layers={base_layers}"
-        overrides = {"num_hidden_layers": layers, "num_bridges": layers - 1}  # BridgeTower: every layer bridged
-        points.append(Point(f"num_cross_layers={layers}", f"L_Z = {layers}", overrides, (), reference))
-    return points
-
-
-def _num_bridges_points(values: list[str] | None, base_layers: int) -> list[Point]:
-    chosen = _integers(values, "num_bridges") if values else list(range(base_layers))
-    bad = [n for n in chosen if not 0 <= n < base_layers]
-    if bad:
-        raise AblationError(f"--values {bad}: with L_Z = {base_layers} a model has 0..{base_layers - 1} bridges.")
-    points = []
-    for bridges in [0] + [n for n in dict.fromkeys(chosen) if n != 0]:
-        kind = "METER (two-tower)" if bridges == 0 else "BridgeTower"
-        label = f"{kind}: {bridges} bridges ({bridges + 1} internal, {base_layers - bridges - 1} external)"
-        reference = None if bridges == 0 else "num_bridges=0"
-        points.append(Point(f"num_bridges={bridges}", label, {"num_bridges": bridges}, (), reference))
-    return points
-
-
-def _backbones_points(values: list[str] | None, base_layers: int) -> list[Point]:
-    if not values:
-        raise AblationError(
-            "--grid backbones needs --values VISION+TEXT[,VISION+TEXT...]: checkpoint folders (CLIP, ViT or DeiT "
-            "+ RoBERTa or BERT), e.g. --values openai/clip-vit-base-patch16+roberta-base."
-        )
-    points = []
-    for pair in values:
-        vision, plus, text = pair.partition("+")
-        if not (plus and vision and text):
-            raise AblationError(f"--values {pair!r}: write each backbone pair as VISION+TEXT.")
-        tag = f"{os.path.basename(vision.rstrip('/'))}+{os.path.basename(text.rstrip('/'))}"
-        flags = ("--vision_model_name_or_path", vision, "--text_model_name_or_path", text)
-        meter = Point(f"backbones={tag}/meter", f"{tag}: METER", {"num_bridges": 0}, flags)
-        points += [meter, Point(f"backbones={tag}/bridgetower", f"{tag}: BridgeTower", {}, flags, meter.name)]
-    return points
-
-
-GRID_POINTS = {
-    "bridge_type": _bridge_type_points,
-    "num_cross_layers": _num_cross_layers_points,
-    "num_bridges": _num_bridges_points,
-    "backbones": _backbones_points,
-}
-
-
-def grid_points(grid: str, values: list[str] | None, base_layers: int) -> list[Point]:
-    """The points of `grid` (reference first), from `values` (None: the grid's default) and the base model's L_Z."""
-    if grid not in GRID_POINTS:
-        raise AblationError(f"--grid {grid!r}: choose one of {GRIDS}.")
-    return GRID_POINTS[grid](values, base_layers)
-
-
-def _integers(values: list[str], grid: str) -> list[int]:
-    try:
-        return [int(v) for v in values]
-    except ValueError:
-        raise AblationError(f"--grid {grid} takes whole numbers: --values {','.join(values)}.") from None
 
 
 # --- flags -----------------------------------------------------------------------------------------------------------
@@ -502,161 +397,6 @@ def run(args: AblationArguments, log=print) -> dict:
     if failures:
         raise RuntimeError("some runs failed (the others are in the tables; rerun to resume):\n" + "\n".join(failures))
     return summary
-
-
-# --- tables ----------------------------------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def summarize(args, points: list[Point], per_seed: dict, seconds: float, trained: int, reused: int) -> dict:
-    """Per point: mean / std over seeds of each metric, the difference to its reference and whether it exceeds the
-    spread (|difference| > std(point) + std(reference)), and the parameter counts."""
-    rows = []
-    stats = {}
-    for point in points:
-        seeds = per_seed[point.name]
-        stats[point.name] = {}
-        for _, key, _ in METRICS:
-            values = [r[key] for r in seeds.values() if isinstance(r.get(key), (int, float))]
-            if values:
-                stats[point.name][key] = _mean_std(values)
-    for point in points:
-        seeds = per_seed[point.name]
-        first = next(iter(seeds.values()), {})
-        row = {
-            "point": point.name,
-            "setting": point.label,
-            "reference": point.reference or "",
-            "seeds": sorted(seeds),
-            **{k: first.get(k) for k in ("bridge_params", "cross_modal_params", "total_params")},
-            "run_seconds": sum(r.get("run_seconds") or 0.0 for r in seeds.values()),
-            "per_seed": {str(s): {k: r.get(k) for _, k, _ in METRICS} for s, r in seeds.items()},
-        }
-        for _, key, _ in METRICS:
-            if key not in stats[point.name]:
-                continue
-            mean, std = stats[point.name][key]
-            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
-            ref = stats.get(point.reference, {}).get(key) if point.reference else None
-            if ref is not None:
-                delta = mean - ref[0]
-                row[f"{key}_delta"] = delta
-                row[f"{key}_exceeds_spread"] = len(seeds) > 1 and abs(delta) > std + ref[1]
-        rows.append(row)
-    return {
-        "grid": args.grid,
-        "seeds": list(range(args.seed, args.seed + args.seeds)),
-        "flags": args.run_flags,
-        "config_overrides": args.config_overrides,
-        "wall_seconds": seconds,
-        "runs_trained": trained,
-        "runs_reused": reused,
-        "rows": rows,
-    }
-
-
-def _format(value: float, scale: float) -> str:
-    return f"{value * scale:.1f}"
-
-
-def _params(count) -> str:
-    if count is None:
-        return "-"
-    if count >= 1e6:
-        return f"{count / 1e6:.1f}M"
-    return f"{count / 1e3:.1f}K" if count >= 1e3 else str(count)
-
-
-def markdown_table(summary: dict) -> str:
-    metrics = [m for m in METRICS if any(f"{m[1]}_mean" in r for r in summary["rows"])]
-    header = ["setting", "# params (bridges)", "# params (cross-modal)"]
-    for label, _, _ in metrics:
-        header += [label, "Δ"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in summary["rows"]:
-        cells = [row["setting"] + (" (reference)" if not row["reference"] else ""), _params(row["bridge_params"]),
-                 _params(row["cross_modal_params"])]  # fmt: skip
-        for _, key, scale in metrics:
-            if f"{key}_mean" not in row:
-                cells += ["-", "-"]
-                continue
-            cells.append(f"{_format(row[key + '_mean'], scale)} ± {_format(row[key + '_std'], scale)}")
-            if f"{key}_delta" in row:
-                mark = "*" if row[f"{key}_exceeds_spread"] else ""
-                cells.append(f"{row[key + '_delta'] * scale:+.1f}{mark}")
-            else:
-                cells.append("")
-        lines.append("| " + " | ".join(cells) + " |")
-    minutes = summary["wall_seconds"] / 60
-    run_minutes = sum(r["run_seconds"] for r in summary["rows"]) / 60
-    notes = [
-        f"Grid `{summary['grid']}`, seeds {summary['seeds']}: mean ± std over seeds; accuracies in %, RSUM in points "
-        "(sum of IR / TR @1/5/10). Δ: mean minus the reference's mean (for backbones: the same pair's METER row); "
-        "* marks |Δ| > std + std of the reference (the mean ± std bands do not overlap).",
-        f"Time: {minutes:.1f} min wall for this invocation ({summary['runs_trained']} runs trained, "
-        f"{summary['runs_reused']} reused); the runs' own wall times sum to {run_minutes:.1f} min.",
-        f"Run flags: `{' '.join(summary['flags'])}`; config overrides: `{json.dumps(summary['config_overrides'])}`.",
-    ]
-    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
-
-
-def write_tables(args: AblationArguments, points: list[Point], summary: dict) -> dict[str, str]:
-    """ablation_<grid>.md / .csv / .png / .json in output_dir/<grid>/; returns their paths."""
-    folder = os.path.join(args.output_dir, args.grid)
-    os.makedirs(folder, exist_ok=True)
-    stem = os.path.join(folder, f"ablation_{args.grid}")
-    paths = {ext: f"{stem}.{ext}" for ext in ("md", "csv", "png", "json")}
-    with open(paths["md"], "w") as f:
-        f.write(markdown_table(summary))
-    with open(paths["json"], "w") as f:
-        json.dump(summary, f, indent=2)
-    columns = ["point", "setting", "reference", "bridge_params", "cross_modal_params", "total_params", "run_seconds"]
-    for _, key, _ in METRICS:
-        columns += [f"{key}_mean", f"{key}_std", f"{key}_delta", f"{key}_exceeds_spread"]
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in summary["rows"]:
-            writer.writerow({**row, "seeds": None})
-    plot(summary, paths["png"])
-    return paths
-
-
-def plot(summary: dict, path: str) -> None:
-    """One panel per metric: each point's mean with its std as an error bar; the reference bar darker."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    metrics = [m for m in METRICS if any(f"{m[1]}_mean" in r for r in summary["rows"])]
-    rows = summary["rows"]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4 * max(1, len(metrics)), 0.4 * len(rows) + 2))
-    axes = list(axes) if len(metrics) > 1 else [axes]
-    labels = [r["setting"] for r in rows]
-    for axis, (label, key, scale) in zip(axes, metrics, strict=False):
-        means = [r.get(f"{key}_mean", float("nan")) * scale for r in rows]
-        stds = [r.get(f"{key}_std", 0.0) * scale for r in rows]
-        colors = ["tab:blue" if r["reference"] else "navy" for r in rows]
-        axis.barh(range(len(rows)), means, xerr=stds, color=colors, capsize=3)
-        axis.set_yticks(range(len(rows)), labels if axis is axes[0] else [""] * len(rows), fontsize=8)
-        axis.invert_yaxis()
-        axis.set_title(label, fontsize=9)
-        finite = [m for m in means if not math.isnan(m)]
-        if finite:
-            low = min(m - s for m, s in zip(means, stds, strict=True) if not math.isnan(m))
-            high = max(m + s for m, s in zip(means, stds, strict=True) if not math.isnan(m))
-            pad = max(0.5, 0.1 * (high - low))
-            axis.set_xlim(low - pad, high + pad)
-    fig.suptitle(f"ablation: {summary['grid']} (mean ± std over seeds {summary['seeds']}; dark = reference)",
-                 fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -87,6 +87,7 @@ class BridgeTowerPipeline:
 
     @property
     def device(self) -> str:
+        """Where the model runs: "cpu", "cuda" or "hpu"."""
         return self.runner.device.type
 
     # --- towers -----------------------------------------------------------------------------------------------

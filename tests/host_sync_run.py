@@ -1,7 +1,7 @@
 """A short tiny-preset training run with the host-sync counter around every optimizer step (forward, backward,
 optimizer step, the trainer's own per-step work) and, separately, around the logging steps' and evaluation's host
-reads. In-process for one rank (`count_step_syncs`); `python tests/host_sync_run.py OUT.json TASK FLAGS...` under
-torchrun for two (each rank writes OUT.json.rankN)."""
+reads. In-process for one rank (`count_step_syncs`); `python tests/host_sync_run.py OUT.json TASK[,TASK...] FLAGS...`
+under torchrun for two (each rank writes OUT.json.rankN: per task, the syncs of each step)."""
 
 from __future__ import annotations
 
@@ -55,12 +55,16 @@ def count_step_syncs(task_name: str, flags: list[str], output_dir: str) -> tuple
     return window.steps, whole
 
 
-def main(out: str, task_name: str, *flags: str) -> None:
+def main(out: str, task_names: str, *flags: str) -> None:
+    """`task_names`: one task or several, comma-separated, run one after the other in this process group."""
     rank = int(os.environ.get("RANK", "0"))
-    steps, whole = count_step_syncs(task_name, list(flags), os.path.dirname(out) or ".")
+    results = {}
+    for task_name in task_names.split(","):
+        steps, whole = count_step_syncs(task_name, list(flags), os.path.join(os.path.dirname(out) or ".", task_name))
+        results[task_name] = {"step_syncs": [s.syncs for s in steps], "reports": [s.report() for s in steps if s.syncs],
+                              "total_syncs": whole.syncs}  # fmt: skip
     with open(f"{out}.rank{rank}", "w") as f:
-        json.dump({"step_syncs": [s.syncs for s in steps], "reports": [s.report() for s in steps if s.syncs],
-                   "total_syncs": whole.syncs}, f)  # fmt: skip
+        json.dump(results, f)
 
 
 if __name__ == "__main__":

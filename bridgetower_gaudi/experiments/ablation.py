@@ -103,7 +103,7 @@ class AblationArguments:
 
 def parse_args(argv: list[str] | None = None) -> AblationArguments:
     from ..training import pretrain  # noqa: F401  (first, as run_pretrain.py: training.run alone is an import cycle)
-    from ..training.run import parse_overrides
+    from ..training.model_builder import parse_overrides
 
     parser = argparse.ArgumentParser(
         description="Run one of the paper's ablation grids; every other flag goes to run_pretrain.py.",

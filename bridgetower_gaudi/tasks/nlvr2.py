@@ -4,7 +4,7 @@ and scripts/ftfpt_base_nlvr2.sh)."""
 from __future__ import annotations
 
 from ..modeling import BridgeTowerForNLVR2
-from ..training.run import build_model
+from ..training.model_builder import build_model
 from .base import Task
 from .finetune import ClassificationTask, apply_paper_resolution
 

@@ -16,7 +16,7 @@ from ..modeling import BridgeTowerForPreTraining
 from ..modeling.modeling_bridgetower import mlm_decoder_capacity
 from ..training.arguments import PretrainingArguments, resolve_itm_recipe
 from ..training.metrics import itm_accuracy, majority_baseline, mlm_accuracy
-from ..training.run import build_model
+from ..training.model_builder import build_model
 from .base import Metrics, Task
 
 logger = logging.get_logger(__name__)

@@ -4,7 +4,7 @@ scripts/ftfpt_base_snlive.sh)."""
 from __future__ import annotations
 
 from ..modeling import BridgeTowerForVisualEntailment
-from ..training.run import build_model
+from ..training.model_builder import build_model
 from .base import Task
 from .finetune import ClassificationTask, apply_paper_resolution
 

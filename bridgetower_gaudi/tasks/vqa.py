@@ -16,7 +16,7 @@ from ..data.synthetic import ATTRIBUTE_WORDS
 from ..evaluation import vqa as vqa_metrics
 from ..modeling import BridgeTowerForVisualQuestionAnswering
 from ..training.arguments import RecipeArguments
-from ..training.run import build_model
+from ..training.model_builder import build_model
 from .base import Metrics, Task, read_flags
 from .finetune import apply_paper_resolution, predict_every_example, task_dataset
 

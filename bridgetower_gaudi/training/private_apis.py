@@ -34,7 +34,7 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         ("model", "trial"),
         f"{_CHECKPOINTS} (staged, renamed)",
         calls=("_get_output_dir", "save_model", "_save_rng_state", "_rotate_checkpoints"),
-    ),  # fmt: skip
+    ),
     PrivateApi(_TRAINER, "Trainer", "_get_output_dir", ("trial",), f"{_CHECKPOINTS}: points saves at the staging dir"),
     PrivateApi(
         _TRAINER,
@@ -42,14 +42,14 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         "_rotate_checkpoints",
         ("use_mtime", "output_dir"),
         f"{_CHECKPOINTS}: --save_total_limit, replaced by an atomic rotation",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         _TRAINER,
         "Trainer",
         "_sorted_checkpoints",
         ("output_dir", "checkpoint_prefix", "use_mtime"),
         f"{_CHECKPOINTS}: which checkpoints the rotation deletes",
-    ),  # fmt: skip
+    ),
     PrivateApi(_TRAINER, "Trainer", "_save_rng_state", ("output_dir",), "tests: a crash injected mid-save"),
     PrivateApi(_TRAINER, "Trainer", "_load_rng_state", ("checkpoint",), "training/trainer.py: ResumeRandomState"),
     PrivateApi(
@@ -58,9 +58,14 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         "_load_from_checkpoint",
         ("resume_from_checkpoint", "model"),
         "training/trainer.py: loads our checkpoint layout",
-    ),  # fmt: skip
-    PrivateApi(_TRAINER, "Trainer", "_load_optimizer_and_scheduler", ("checkpoint",),
-               "training/trainer.py: several CPU ranks resume (map_location)"),  # fmt: skip
+    ),
+    PrivateApi(
+        _TRAINER,
+        "Trainer",
+        "_load_optimizer_and_scheduler",
+        ("checkpoint",),
+        "training/trainer.py: several CPU ranks resume (map_location)",
+    ),
     PrivateApi(_TRAINER, "Trainer", "_load_best_model", (), "training/trainer.py: --load_best_model_at_end"),
     PrivateApi(_TRAINER, "Trainer", "_get_train_sampler", ("train_dataset",), "training/trainer.py: EpochSampler"),
     PrivateApi(_TRAINER, "Trainer", "_train_batch_size", None, "training/trainer.py: the streaming loader's batch"),
@@ -71,7 +76,7 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         "current_gradient_accumulation_steps",
         None,
         "device/gaudi.py: divides the loss by the accumulation steps",
-    ),  # fmt: skip
+    ),
     PrivateApi(_TRAINER, "Trainer", "model_accepts_loss_kwargs", None, "device/gaudi.py: loss division"),
     PrivateApi(_TRAINER, "Trainer", "compute_loss_func", None, "device/gaudi.py: loss division"),
     PrivateApi(
@@ -80,28 +85,28 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         "_prepare_4d_attention_mask",
         ("mask", "dtype", "tgt_len"),
         "modeling/modeling_bridgetower.py: cross-modal attention masks",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "transformers.models.bert.modeling_bert",
         None,
         "BERT_SELF_ATTENTION_CLASSES",
         None,
         "modeling/modeling_bridgetower.py: BERT tower attention classes",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "transformers.models.roberta.modeling_roberta",
         None,
         "ROBERTA_SELF_ATTENTION_CLASSES",
         None,
         "modeling/modeling_bridgetower.py: RoBERTa tower attention classes",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "transformers.models.bert.modeling_bert",
         "BertSdpaSelfAttention",
         "forward",
         ("hidden_states",),
         "device/gaudi.py: restored after optimum-habana's patches",
-    ),  # fmt: skip
+    ),
 )
 
 _GAUDI_TRAINER = "optimum.habana.transformers.trainer"
@@ -112,7 +117,7 @@ OPTIMUM_HABANA: tuple[PrivateApi, ...] = (
         "__init__",
         ("model", "gaudi_config", "args"),
         "device/gaudi.py: CorrectedGaudiTrainer passes gaudi_config",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         _GAUDI_TRAINER,
         "GaudiTrainer",
@@ -120,7 +125,7 @@ OPTIMUM_HABANA: tuple[PrivateApi, ...] = (
         ("model", "trial"),
         f"{_CHECKPOINTS} on Gaudi",
         calls=("_get_output_dir", "save_model", "_save_rng_state", "_rotate_checkpoints"),
-    ),  # fmt: skip
+    ),
     PrivateApi(_GAUDI_TRAINER, "GaudiTrainer", "_load_rng_state", ("checkpoint",), "ResumeRandomState on Gaudi"),
     PrivateApi(_GAUDI_TRAINER, "GaudiTrainer", "_load_best_model", (), "--load_best_model_at_end on Gaudi"),
     PrivateApi(_GAUDI_TRAINER, "GaudiTrainer", "_get_train_sampler", ("train_dataset",), "EpochSampler on Gaudi"),
@@ -130,54 +135,54 @@ OPTIMUM_HABANA: tuple[PrivateApi, ...] = (
         "training_step",
         ("model", "inputs", "num_items_in_batch"),
         "device/gaudi.py: loss division under gradient accumulation",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         _GAUDI_TRAINER,
         "GaudiTrainer",
         "log",
         ("logs", "start_time", "end_time"),
         "device/gaudi.py: logs as transformers off HPU",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         _GAUDI_TRAINER,
         "GaudiTrainer",
         "save_model",
         ("output_dir", "_internal_call"),
         "training/trainer.py: the final model written atomically",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "optimum.habana.transformers.training_args",
         "GaudiTrainingArguments",
         "use_lazy_mode",
         None,
         "device/gaudi.py: loss division (lazy mode + pipelining)",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "optimum.habana.transformers.training_args",
         "GaudiTrainingArguments",
         "pipelining_fwd_bwd",
         None,
         "device/gaudi.py: loss division (lazy mode + pipelining)",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "optimum.habana.transformers.gaudi_configuration",
         "GaudiConfig",
         "use_fused_adam",
         None,
         "device/gaudi.py: Habana's fused AdamW",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "optimum.habana.transformers.gaudi_configuration",
         "GaudiConfig",
         "use_torch_autocast",
         None,
         "device/gaudi.py: no autocast under DeepSpeed",
-    ),  # fmt: skip
+    ),
     PrivateApi(
         "optimum.habana.transformers.integrations.gaudi_fused_sdpa_attention",
         None,
         "gaudi_fused_sdpa_attention_forward",
         ("module", "query", "key", "value", "attention_mask", "dropout", "scaling"),
         "device/gaudi.py: the towers' fused SDPA",
-    ),  # fmt: skip
+    ),
 )

@@ -77,7 +77,10 @@ def dataclass_table(path: str, class_name: str) -> str:
 
 def argparse_tables(path: str) -> str:
     """One table per parser variable that `add_argument` is called on, in source order."""
-    tree = ast.parse((ROOT / path).read_text())
+    files = _module_files(path)
+    if not files:
+        raise ValueError(f"docs flag table: no module {path}; fix the marker in docs/reference/cli.md")
+    tree = ast.Module(body=[node for file in files for node in ast.parse(file.read_text()).body], type_ignores=[])
     parsers: dict[str, list[str]] = {}
     # `score = commands.add_parser("score", ...)`: the table is headed by the command's name, not the variable's.
     titles = {"common": "every command"}
@@ -102,6 +105,8 @@ def argparse_tables(path: str) -> str:
         if "nargs" in keywords:
             what = f"{what} (nargs {_literal(keywords['nargs'])})".strip()
         parsers.setdefault(owner, []).append(f"| {names} | {_cell(default)} | {_cell(what)} |")
+    if not parsers:
+        raise ValueError(f"docs flag table: no add_argument call in {path}; fix the marker in docs/reference/cli.md")
     blocks = []
     for owner, rows in parsers.items():
         title = f"**`{titles.get(owner, owner)}`**\n\n" if len(parsers) > 1 else ""

@@ -166,16 +166,14 @@ def test_a_killed_fine_tuning_run_resumes_to_bit_identical_weights(tmp_path):
 
 
 def _two_ranks_streamed(tmp_path) -> tuple[int, list[str]]:
-    """2 gloo ranks on 2 tar shards of 12 samples (3 batches of 4 per rank an epoch). MLM + ITM: with ITC (features
-    gathered across the ranks, hard negatives drawn by the model) the resumed run's losses differ from the
-    uninterrupted run's from the first resumed step on (5.5974 vs 5.5992, 2026-12-02): not exact yet; one rank on
-    these shards, and 2 ranks on map-style data, are exact with ITC (measured)."""
+    """2 gloo ranks on 2 tar shards of 12 samples (3 batches of 4 per rank an epoch), ITC features gathered across
+    the ranks, ITM on hard negatives the model draws."""
     data = tmp_path / "data"
     data.mkdir()
     for number in range(2):
         write_tar(data / f"shard-{number}.tar", 12 * number, 12, caption_of=_caption)
     return 2, ["--train_file", str(data / "shard-{0..1}.tar"), "--stream_shuffle_block", "3",
-               "--dataloader_num_workers", "0", "--objectives", "mlm,itm"]  # fmt: skip
+               "--dataloader_num_workers", "0", "--objectives", "mlm,itm,itc"]  # fmt: skip
 
 
 def _deepspeed_zero2(tmp_path) -> tuple[int, list[str]]:

@@ -416,6 +416,7 @@ class StreamingLoader:
         self.loader, self.dataset, self.device, self.training = loader, dataset, device, training
         self.workers = max(1, loader.num_workers)
         self.epoch, self.readers, self.next_slot, self._start = 0, {}, 0, None
+        self.resumed_at_epoch_end = False  # resumed from a checkpoint saved after an epoch's last batch
 
     def state(self) -> dict:
         rank, world_size = distributed_position(self.dataset.rank, self.dataset.world_size)
@@ -441,10 +442,15 @@ class StreamingLoader:
 
     def __iter__(self):
         resumed = self._start is not None
+        random_state = torch.get_rng_state() if resumed else None
         batches = yield from self._pass()
         if resumed and batches == 0 and self.training:
             # Saved after the last batch of an epoch, before the pass ended: the resumed pass is empty (Trainer would
-            # stop there, short of --max_steps); the next epoch follows, as in the uninterrupted run.
+            # stop there, short of --max_steps); the next epoch follows, as in the uninterrupted run. That run made
+            # the next epoch's iterator (which draws the loader's seed) after the checkpoint: the empty pass's draw
+            # is undone, and the trainer keeps the random state as it is then (see trainer.ResumeRandomState).
+            torch.set_rng_state(random_state)
+            self.resumed_at_epoch_end = True
             yield from self._pass()
 
     def _pass(self):

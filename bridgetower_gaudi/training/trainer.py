@@ -117,14 +117,16 @@ class ResumeRandomState(TrainerCallback):
     skips batches (map-style data) it does this itself; when it does not (a stream resumes from its saved position,
     `ignore_data_skip`), it restores the state at the start of the epoch, and creating the data iterator then draws
     from it (the loader's base seed), which the uninterrupted run did at another time: the model's own draws (ITC
-    hard negatives, dropout) would differ. The data draws do not depend on it (see data.dataset.draw_seed)."""
+    hard negatives, dropout) would differ. The data draws do not depend on it (see data.dataset.draw_seed). Not when a
+    stream resumes at an epoch's end: the uninterrupted run drew the next epoch's seed after the checkpoint too
+    (StreamingLoader.resumed_at_epoch_end)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_step_begin(self, args, state, control, **kwargs):
         checkpoint, self.trainer._resuming_from = self.trainer._resuming_from, None
-        if checkpoint is not None:
+        if checkpoint is not None and not getattr(self.trainer._train_stream, "resumed_at_epoch_end", False):
             self.trainer._load_rng_state(checkpoint)
 
 

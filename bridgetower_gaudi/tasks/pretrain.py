@@ -22,11 +22,11 @@ from .base import Metrics, Task
 logger = logging.get_logger(__name__)
 
 # The cross-modal layers, link towers and heads of the tests' pre-trained fixture and the ablations' tiny runs at
-# std 0.05 (0.02 x 2.5), the towers at the official 0.02: at width 64 the official 0.02 leaves ITM at chance for a
-# seed-dependent 200-600+ steps. The ablation tables were measured so.
+# std 0.05 (0.02 x 2.5), the towers at the official 0.02: at width 64 the official 0.02 leaves ITM at chance for
+# hundreds of steps. The ablation tables were measured so (docs/results/ablations.md).
 TINY_SYNTHETIC_INITIALIZER_FACTOR = 2.5
-# The embedded default run goes further, std 0.08 (0.02 x 4), and stops at 600 steps: held-out ITM 0.92-0.99 over
-# seeds 0-4 where std 0.05 and 1,000 steps gave seed 0 0.93 (README: "The default run's initialisation and length").
+# The embedded default run goes further, std 0.08 (0.02 x 4), and stops at 600 steps: what that gives over seeds, and
+# the probes behind the choice, are on the dated results page docs/results/default-run.md.
 DEFAULT_RUN_INITIALIZER_FACTOR = 4.0
 
 # The embedded default run (`python run_scripts/run_pretrain.py` with no flags).
@@ -38,7 +38,7 @@ DEFAULT_ARGS = [
     "--overwrite_output_dir",
     "--do_train", "--do_eval",
     "--max_steps", "600",
-    "--per_device_train_batch_size", "64",  # at 32, ITM stays at chance for 600+ steps with the official std 0.02
+    "--per_device_train_batch_size", "64",  # smaller batches learn ITM later (docs/results/default-run.md)
     "--per_device_eval_batch_size", "64",
     "--learning_rate", "5e-4",
     "--max_seq_length", "16",

@@ -14,7 +14,7 @@ import torch
 
 from bridgetower_gaudi.device.host_syncs import HostSyncCounter, count_host_syncs
 from bridgetower_gaudi.tasks import FINETUNING_TASKS
-from bridgetower_gaudi.training.trainer import SkipOnDevice
+from bridgetower_gaudi.training.nonfinite import SkipOnDevice
 from tests.host_sync_run import count_step_syncs
 from tests.processes import ROOT, run_checked, torchrun
 

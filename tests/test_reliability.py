@@ -31,8 +31,8 @@ from bridgetower_gaudi.training.checks import (
     safetensors_problem,
     usable_text_positions,
 )
+from bridgetower_gaudi.training.nonfinite import NonFiniteStepsError
 from bridgetower_gaudi.training.pretrain import build_trainer, main, parse_args, run
-from bridgetower_gaudi.training.trainer import NonFiniteStepsError
 from tests.conftest import tiny_config
 from tests.data_files import color_image, write_tar
 from tests.processes import failure_report, python_script, run_checked, run_killed_at, torchrun

@@ -24,7 +24,7 @@ class PrivateApi:
 
 
 _TRAINER = "transformers.trainer"
-_CHECKPOINTS = "training/trainer.py: atomic checkpoints"
+_CHECKPOINTS = "training/checkpoints.py: atomic checkpoints"
 
 TRANSFORMERS: tuple[PrivateApi, ...] = (
     PrivateApi(
@@ -51,25 +51,27 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         f"{_CHECKPOINTS}: which checkpoints the rotation deletes",
     ),
     PrivateApi(_TRAINER, "Trainer", "_save_rng_state", ("output_dir",), "tests: a crash injected mid-save"),
-    PrivateApi(_TRAINER, "Trainer", "_load_rng_state", ("checkpoint",), "training/trainer.py: ResumeRandomState"),
+    PrivateApi(_TRAINER, "Trainer", "_load_rng_state", ("checkpoint",), "training/streaming.py: ResumeRandomState"),
     PrivateApi(
         _TRAINER,
         "Trainer",
         "_load_from_checkpoint",
         ("resume_from_checkpoint", "model"),
-        "training/trainer.py: loads our checkpoint layout",
+        "training/checkpoints.py: loads our checkpoint layout",
     ),
     PrivateApi(
         _TRAINER,
         "Trainer",
         "_load_optimizer_and_scheduler",
         ("checkpoint",),
-        "training/trainer.py: several CPU ranks resume (map_location)",
+        "training/checkpoints.py: several CPU ranks resume (map_location)",
     ),
-    PrivateApi(_TRAINER, "Trainer", "_load_best_model", (), "training/trainer.py: --load_best_model_at_end"),
-    PrivateApi(_TRAINER, "Trainer", "_get_train_sampler", ("train_dataset",), "training/trainer.py: EpochSampler"),
-    PrivateApi(_TRAINER, "Trainer", "_train_batch_size", None, "training/trainer.py: the streaming loader's batch"),
-    PrivateApi(_TRAINER, "Trainer", "gather_function", None, "training/trainer.py: evaluation_loop cuts padding"),
+    PrivateApi(_TRAINER, "Trainer", "_load_best_model", (), "training/checkpoints.py: --load_best_model_at_end"),
+    PrivateApi(_TRAINER, "Trainer", "_get_train_sampler", ("train_dataset",), "training/streaming.py: EpochSampler"),
+    PrivateApi(_TRAINER, "Trainer", "_train_batch_size", None, "training/streaming.py: the streaming loader's batch"),
+    PrivateApi(
+        _TRAINER, "Trainer", "gather_function", None, "training/padded_evaluation.py: evaluation_loop cuts padding"
+    ),
     PrivateApi(
         _TRAINER,
         "Trainer",
@@ -148,7 +150,7 @@ OPTIMUM_HABANA: tuple[PrivateApi, ...] = (
         "GaudiTrainer",
         "save_model",
         ("output_dir", "_internal_call"),
-        "training/trainer.py: the final model written atomically",
+        "training/checkpoints.py: the final model written atomically",
     ),
     PrivateApi(
         "optimum.habana.transformers.training_args",

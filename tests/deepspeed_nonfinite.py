@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from bridgetower_gaudi.device import leave_process_group
 from bridgetower_gaudi.training.pretrain import build_trainer, parse_args
 
 
@@ -37,6 +38,7 @@ def main(ds_config: str, output_dir: str) -> None:
     verdict = "OK" if ok else f"BAD {trainer.nonfinite_steps} {engine.skipped_steps} {adam_steps}"
     sys.stdout.write(f"DEEPSPEED NONFINITE {verdict}\n")  # one write
     sys.stdout.flush()
+    leave_process_group()
 
 
 if __name__ == "__main__":

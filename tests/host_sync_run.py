@@ -11,6 +11,7 @@ import sys
 
 from transformers import TrainerCallback
 
+from bridgetower_gaudi.device import leave_process_group
 from bridgetower_gaudi.device.host_syncs import HostSyncCounter
 from bridgetower_gaudi.tasks import get_task
 from bridgetower_gaudi.training import run as run_module
@@ -65,6 +66,7 @@ def main(out: str, task_names: str, *flags: str) -> None:
                               "total_syncs": whole.syncs}  # fmt: skip
     with open(f"{out}.rank{rank}", "w") as f:
         json.dump(results, f)
+    leave_process_group()
 
 
 if __name__ == "__main__":

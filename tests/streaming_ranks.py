@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from bridgetower_gaudi.device import leave_process_group
 from bridgetower_gaudi.training.pretrain import build_trainer, parse_args
 
 
@@ -27,6 +28,7 @@ def main(data: str, tokenizer: str, output_dir: str) -> None:
             f"eval_batches {eval_batches} eval_loss {metrics['eval_loss']:.6f}\n")  # fmt: skip
     sys.stdout.write(line)
     sys.stdout.flush()
+    leave_process_group()
 
 
 if __name__ == "__main__":

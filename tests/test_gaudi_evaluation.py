@@ -95,6 +95,7 @@ import json, sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_gaudi_evaluation import Examples, Scores
 from bridgetower_gaudi.training.arguments import BridgeTowerTrainingArguments
+from bridgetower_gaudi.device import leave_process_group
 from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
 seen = {{}}
 def metrics(prediction):
@@ -108,6 +109,7 @@ result = trainer.evaluate()
 if args.process_index == 0:
     print("RESULT " + json.dumps({{"world": args.world_size, "loss": result["eval_loss"], "rows": result["eval_rows"],
                                   "labels": seen["labels"]}}))
+leave_process_group()
 """
 
 

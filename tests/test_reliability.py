@@ -501,3 +501,17 @@ def test_two_ranks_on_uneven_shards_run_the_same_steps_and_evaluation_batches(tm
     lines = sorted(line.split(maxsplit=2)[2] for line in done.stdout.splitlines() if line.startswith("RANK "))
     assert len(lines) == 2 and lines[0] == lines[1], done.stdout
     assert lines[0].startswith("steps 6 epochs 2 eval_batches 1 "), lines  # 6 steps = 3 data epochs of 2 batches
+
+
+def test_a_finished_multi_process_run_leaves_its_process_group(tmp_path):
+    """The end of `main`: every rank leaves the default group (gloo's threads alive at interpreter exit can abort a
+    finished rank, and torchrun then fails the run); nothing to do without a group."""
+    import torch.distributed as dist
+
+    from bridgetower_gaudi.device import leave_process_group
+
+    leave_process_group()  # no group: nothing to leave, no error
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    assert dist.is_initialized()
+    leave_process_group()
+    assert not dist.is_initialized()

@@ -57,6 +57,15 @@ def share_cpu_cores_with_loader_workers(args) -> int | None:
     return threads
 
 
+def leave_process_group() -> None:
+    """End a multi-process run cleanly: every rank waits for the others, then the default group is destroyed. Left
+    alive at interpreter exit, gloo's threads can abort a rank that has finished its work ("terminate called without
+    an active exception", SIGABRT), and torchrun then reports the whole run as failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def require_use_habana_on_hpu(use_habana: bool, use_cpu: bool) -> None:
     """On a Gaudi machine transformers would pick the HPU by itself, without GaudiTrainer, lazy mode or the Gaudi
     flags (and `--bf16` would move the run to the CPU): ask for `--use_habana` instead."""

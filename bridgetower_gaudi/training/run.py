@@ -27,6 +27,7 @@ from ..device import (
     gaudi_training_arguments_class,
     habana_deepspeed_problem,
     lazy_collectives_problem,
+    leave_process_group,
     parsing_context,
     require_use_habana_on_hpu,
     resolve_training_arguments,
@@ -265,7 +266,9 @@ def main(argv: list[str] | None, task, default_args: list[str] | None = None) ->
     resolve_dataset_location(data_args, args.dataset_revision, args.data_dir, args.cache_dir, args.token)
     trainer = build_trainer(task, model_args, data_args, task_args, args)
     limit_samples(trainer, args)
-    return run(trainer)
+    results = run(trainer)
+    leave_process_group()
+    return results
 
 
 def apply_example_flags(model_args: ModelArguments, task_args: RecipeArguments, args) -> None:

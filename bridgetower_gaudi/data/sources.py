@@ -68,7 +68,7 @@ def unique_captions(captions: list) -> list:
     return list(dict.fromkeys(captions))
 
 
-def _require_file(path: str, flag: str) -> None:
+def require_file(path: str, flag: str) -> None:
     if not os.path.exists(path):
         raise DataConfigError(f"{flag} {path!r} does not exist: check the path.")
 
@@ -79,7 +79,7 @@ class KarpathySource(MapSource):
     (`unique_captions`)."""
 
     def __init__(self, path: str, image_root: str | None, splits: list[str], skip_log: SkipLog):
-        _require_file(path, "--train_file/--validation_file")
+        require_file(path, "--train_file/--validation_file")
         if not image_root:
             raise DataConfigError(
                 f"{path} is a Karpathy split file, whose image paths are relative: pass --image_root (the folder "
@@ -115,7 +115,7 @@ class ArrowSource(MapSource):
         self.tables, self.entries = [], []
         self.name = os.path.basename(paths[0]) + (f"+{len(paths) - 1}" if len(paths) > 1 else "")
         for file_number, path in enumerate(paths):
-            _require_file(path, "--train_file/--validation_file")
+            require_file(path, "--train_file/--validation_file")
             try:
                 table = pa.ipc.RecordBatchFileReader(pa.memory_map(path, "r")).read_all()
             except pa.ArrowInvalid as error:
@@ -151,7 +151,7 @@ class JsonLinesSource(MapSource):
     file's folder) and a caption (or a list of captions)."""
 
     def __init__(self, path: str, image_root: str | None, image_column: str, caption_column: str, skip_log: SkipLog):
-        _require_file(path, "--train_file/--validation_file")
+        require_file(path, "--train_file/--validation_file")
         self.name = os.path.basename(path)
         root = image_root or os.path.dirname(os.path.abspath(path))
         self.entries = []
@@ -300,7 +300,7 @@ class WebDatasetSource:
         shards = [shard for path in paths for shard in expand_shards(path)]
         for path in shards:
             if not is_url(path):
-                _require_file(path, "--train_file/--validation_file")
+                require_file(path, "--train_file/--validation_file")
         self.paths = sorted(shards)
         self.name = os.path.basename(self.paths[0]) + (f"+{len(self.paths) - 1}" if len(self.paths) > 1 else "")
 

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ..evaluation.vqa import answer_scores, load_answer_vocabulary
 from .records import BadRecord, RawRecord, SkipLog
-from .sources import DataConfigError, MapSource, _require_file, json_lines
+from .sources import DataConfigError, MapSource, json_lines, require_file
 
 # write_snli.py `label2id`.
 SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
@@ -95,7 +95,7 @@ def _require_image_root(image_root: str | None, path: str, layout: str) -> str:
 
 def _load_json(path: str, flag: str, key: str, what: str) -> list:
     """`json.load(path)[key]`, with a DataConfigError naming `flag` when the file is not what it should be."""
-    _require_file(path, flag)
+    require_file(path, flag)
     try:
         with open(path) as f:
             rows = json.load(f)[key]
@@ -177,7 +177,7 @@ class VQAv2Source(TaskSource):
         drop_unanswerable: bool = True,
     ) -> VQAv2Source:
         name = os.path.basename(questions_path)
-        _require_file(questions_path, "VQAv2 questions file")
+        require_file(questions_path, "VQAv2 questions file")
         try:
             with open(questions_path) as f:
                 content = json.load(f)
@@ -429,7 +429,7 @@ class SnliVeSource(TaskSource):
 
     @classmethod
     def from_files(cls, path: str, *, image_root: str | None, skip_log: SkipLog) -> SnliVeSource:
-        _require_file(path, "SNLI-VE file")
+        require_file(path, "SNLI-VE file")
         name = os.path.basename(path)
         root = _require_image_root(image_root, path, "the Flickr30K images, <Flickr30K_ID>.jpg")
         official = os.path.join(root, "flickr30k-images")  # write_snli.py's layout
@@ -526,7 +526,7 @@ class Nlvr2Source(TaskSource):
     @classmethod
     def from_files(cls, path: str, *, image_root: str | None, skip_log: SkipLog,
                    split_folder: str | None = None) -> Nlvr2Source:  # fmt: skip
-        _require_file(path, "NLVR2 file")
+        require_file(path, "NLVR2 file")
         name = os.path.basename(path)
         root = _require_image_root(image_root, path, "the NLVR2 train/ dev/ test1/ image folders")
         rows = list(json_lines(path, name, skip_log))
@@ -642,7 +642,7 @@ def _read_arrow(path: str, columns: tuple[str, ...], writer: str):
     """The memory-mapped table of an arrow IPC file holding `columns` (as the official `writer` writes them)."""
     import pyarrow as pa
 
-    _require_file(path, "arrow file")
+    require_file(path, "arrow file")
     try:
         table = pa.ipc.RecordBatchFileReader(pa.memory_map(path, "r")).read_all()
     except (pa.ArrowInvalid, OSError) as error:

@@ -181,6 +181,11 @@ _LOADER_KWARGS = ("torch_dtype", "attn_implementation", "device_map", "low_cpu_m
 
 
 class BridgeTowerPreTrainedModel(PreTrainedModel):
+    """The base of every BridgeTower class: its config class, weight initialisation (the official std 0.02 times
+    `config.initializer_factor` for new modules), `from_pretrained` / `save_pretrained` (transformers' BridgeTower
+    layout read, and written where the configuration allows it), and what the model supports (gradient
+    checkpointing, attention implementations). Not used on its own."""
+
     config_class = BridgeTowerConfig
     # Learning-rate roles of the modules beside `bridgetower` (training.optimization.parameter_role).
     _head_modules: tuple[str, ...] = ()

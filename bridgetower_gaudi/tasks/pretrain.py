@@ -221,7 +221,7 @@ class ItmTask(PretrainTask):
     summary_metrics = (("ITM accuracy", "eval_itm_accuracy"),)
 
     def resolve(self, task_args: PretrainingArguments, data_args) -> None:
-        _fixed_objectives(task_args, "itm", self.name)
+        fixed_objectives(task_args, "itm", self.name)
         super().resolve(task_args, data_args)
 
 
@@ -235,11 +235,11 @@ class MlmTask(PretrainTask):
     )
 
     def resolve(self, task_args: PretrainingArguments, data_args) -> None:
-        _fixed_objectives(task_args, "mlm", self.name)
+        fixed_objectives(task_args, "mlm", self.name)
         super().resolve(task_args, data_args)
 
 
-def _fixed_objectives(task_args: PretrainingArguments, objective: str, task: str) -> None:
+def fixed_objectives(task_args: PretrainingArguments, objective: str, task: str) -> None:
     """The itm / mlm tasks train one objective; an --objectives flag that says otherwise is refused, not ignored."""
     if task_args.objectives not in ("mlm,itm", objective):  # the dataclass default, or the task's own
         raise ValueError(f"--task {task} trains {objective} alone: drop --objectives {task_args.objectives}.")

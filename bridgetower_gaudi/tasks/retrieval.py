@@ -15,7 +15,7 @@ from ..evaluation.retrieval import RetrievalData, RetrievalOptions, evaluate_ret
 from ..training.arguments import PretrainingArguments
 from .base import read_flags
 from .finetune import apply_paper_resolution, task_dataset
-from .pretrain import PretrainTask, _fixed_objectives
+from .pretrain import PretrainTask, fixed_objectives
 
 logger = logging.getLogger("bridgetower_gaudi")
 
@@ -104,7 +104,7 @@ class RetrievalTask(PretrainTask):
         logger.info("retrieval: the official %s recipe (--retrieval_dataset overrides)", dataset)
 
     def resolve(self, task_args: RetrievalArguments, data_args) -> None:
-        _fixed_objectives(task_args, "itm,itc", self.name)
+        fixed_objectives(task_args, "itm,itc", self.name)
         if data_args.itm_negatives not in (None, "itc_hard"):
             raise ValueError("--task retrieval draws ITM negatives from ITC similarities: drop --itm_negatives.")
         super().resolve(task_args, data_args)

@@ -91,7 +91,7 @@ def test_pretraining_evaluation_covers_every_held_out_pair(tmp_path):
 
 
 TWO_RANKS = """
-import json, sys, torch
+import json, os, sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_gaudi_evaluation import Examples, Scores
 from bridgetower_gaudi.training.arguments import BridgeTowerTrainingArguments
@@ -110,6 +110,11 @@ if args.process_index == 0:
     print("RESULT " + json.dumps({{"world": args.world_size, "loss": result["eval_loss"], "rows": result["eval_rows"],
                                   "labels": seen["labels"]}}))
 leave_process_group()
+# In 2 of 3 full-suite CI runs (never when run alone, 10 of 10) both ranks aborted here after all their work, at
+# interpreter exit: "terminate called without an active exception" (a C++ thread still joinable at teardown; cause
+# not found yet, see the issue notes). _exit skips that teardown, so the test checks what it is about: evaluation.
+sys.stdout.flush()
+os._exit(0)
 """
 
 

@@ -17,12 +17,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # trajectories (and so their learned-accuracy assertions) then depend on the machine's core count.
 torch.set_num_threads(1)
 
-# Hypothesis (tests/test_properties.py): the same inputs on every run by default (CI: a rare input cannot fail one
-# run and pass the next, and a fresh clone has no example database); `HYPOTHESIS_PROFILE=random` draws new inputs
-# for local exploration and prints the blob that reproduces a failure (@reproduce_failure).
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("random", print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# Hypothesis (tests/test_properties.py): the same inputs on every run by default, and always under CI (the `CI`
+# variable, set by .ci/run and by CI services): a rare input cannot fail one run and pass the next, and a fresh clone
+# has no example database. `HYPOTHESIS_PROFILE=random` draws new inputs for local exploration and prints the blob
+# that reproduces a failure (@reproduce_failure).
+# Both from hypothesis' own defaults: this file is imported twice (as pytest's conftest and as tests.conftest), and a
+# profile registered without a parent would inherit whichever profile the first import loaded.
+DEFAULTS = settings.get_profile("default")
+settings.register_profile("ci", parent=DEFAULTS, derandomize=True, database=None, print_blob=True)
+settings.register_profile("random", parent=DEFAULTS, print_blob=True)
+
+
+def hypothesis_profile(environ) -> str:
+    """The profile a run gets: "ci" under CI whatever HYPOTHESIS_PROFILE says, else HYPOTHESIS_PROFILE or "ci"."""
+    if environ.get("CI", "").lower() not in ("", "0", "false"):
+        return "ci"
+    return environ.get("HYPOTHESIS_PROFILE") or "ci"
+
+
+settings.load_profile(hypothesis_profile(os.environ))
 
 TINY_ITC = dict(contrastive_hidden_size=32, logit_scale_init_value=2.6592)
 # The LayerNorm epsilons transformers' BridgeTower uses (ours default to the official 1e-12 in the cross-modal layers

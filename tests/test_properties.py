@@ -28,9 +28,10 @@ from bridgetower_gaudi.data import (
     synthetic_tokenizer,
 )
 from bridgetower_gaudi.data.images import TRANSFORMS
+from tests.conftest import hypothesis_profile
 
 SIZE, LENGTH = 32, 16
-# Derandomised unless HYPOTHESIS_PROFILE=random (tests/conftest.py): every CI run draws the same inputs.
+# Derandomised unless HYPOTHESIS_PROFILE=random outside CI (tests/conftest.py): every CI run draws the same inputs.
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOKENIZER = synthetic_tokenizer()
 MODES = ("1", "L", "P", "RGB", "RGBA", "CMYK", "LA", "I;16", "I", "F", "YCbCr", "HSV")
@@ -192,5 +193,15 @@ def test_the_task_collator_stacks_every_tensor_and_drops_the_rest(examples):
 
 
 def test_the_properties_draw_the_same_inputs_on_every_run_unless_asked_not_to():
-    ci = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci"
-    assert PROPERTY.derandomize == ci and (PROPERTY.database is None) == ci and PROPERTY.print_blob
+    """CI gets the derandomised profile with no example database whatever HYPOTHESIS_PROFILE says; a local run
+    gets it too unless it asks for `random`, which draws new inputs and prints the blob that replays a failure."""
+    assert hypothesis_profile({}) == "ci" and hypothesis_profile({"CI": "false"}) == "ci"
+    assert hypothesis_profile({"HYPOTHESIS_PROFILE": "random"}) == "random"
+    assert hypothesis_profile({"CI": "true", "HYPOTHESIS_PROFILE": "random"}) == "ci"
+    ci, random = settings.get_profile("ci"), settings.get_profile("random")
+    assert ci.derandomize and ci.database is None and ci.print_blob
+    assert not random.derandomize and random.print_blob
+    loaded = settings.get_profile(hypothesis_profile(os.environ))
+    assert (PROPERTY.derandomize, PROPERTY.database, PROPERTY.print_blob) == (
+        loaded.derandomize, loaded.database, loaded.print_blob
+    )  # fmt: skip

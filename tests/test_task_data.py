@@ -132,7 +132,7 @@ def test_soft_score_accuracy_and_submission(tmp_path):
     assert accuracy([0, 2, 1, 1], [0, 1, 1, -100]) == pytest.approx(2 / 3)  # -100 does not count
     logits = np.array([[0.1, 2.0], [3.0, -1.0], [0.0, 1.0]])
     assert accuracy(logits, [1, 1, 1]) == pytest.approx(2 / 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="2 predictions for 1 labels"):
         accuracy([0, 1], [0])
     write_vqa_predictions(str(tmp_path / "sub.json"), ["7", 8], ["yes", "2"])
     assert json.loads((tmp_path / "sub.json").read_text()) == [

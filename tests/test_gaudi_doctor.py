@@ -9,7 +9,7 @@ import torch
 
 import bridgetower_gaudi.device.__main__ as doctor
 from bridgetower_gaudi.device import GAUDI_STACK
-from tests.processes import child_environment, run_checked
+from tests.processes import child_environment, failure_report, run_checked
 
 
 def test_doctor_runs_a_training_step_and_an_inference_on_cpu():
@@ -18,10 +18,10 @@ def test_doctor_runs_a_training_step_and_an_inference_on_cpu():
     lines = done.stdout.splitlines()
     for key in ("backend: cpu", "synapse: ", "torch: ", "optimum-habana: ", "deepspeed_fork: ", "lazy_mode: on",
                 "hccl: "):  # fmt: skip
-        assert any(line.startswith(key) for line in lines), key
-    assert any(line.startswith("training step: ok (loss ") for line in lines)
-    assert any(line.startswith("inference: ok") for line in lines)
-    assert lines[-1] == "doctor: ok on cpu"
+        assert any(line.startswith(key) for line in lines), failure_report(done)
+    assert any(line.startswith("training step: ok (loss ") for line in lines), failure_report(done)
+    assert any(line.startswith("inference: ok") for line in lines), failure_report(done)
+    assert lines[-1] == "doctor: ok on cpu", failure_report(done)
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from bridgetower_gaudi.modeling.modeling_bridgetower import TowerOutput
 from bridgetower_gaudi.training.trainer import BridgeTowerTrainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data_loading  # noqa: E402  (benchmarks/data_loading.py: JPEG files, loader rate, workers needed)
 import measure  # noqa: E402  (benchmarks/measure.py, beside this script)
 import step_counts  # noqa: E402  (benchmarks/step_counts.py: Karpathy-length captions, the buckets)
 
@@ -94,8 +95,7 @@ def pretraining_batches(config, batch: int, seq_len: int, caption_lengths: str, 
         [seq_len] * batch if caption_lengths == "full" else step_counts.karpathy_lengths(batch, max_length=seq_len)
     )
     examples = step_counts.pretraining_examples(config, lengths, seq_len, generator)
-    collator = PretrainingCollator(_Vocabulary(config.text_config.vocab_size), itm_negatives="dataset",
-                                   reuse_image_features=True, seed=0)  # fmt: skip
+    collator = PretrainingCollator(_Vocabulary(config.text_config.vocab_size), itm_negatives="dataset", seed=0)
     buckets = [b for b in step_counts.BUCKETS if b < seq_len] + [seq_len]
     ours = PadToLengthBucket(collator, buckets)(examples)
     full = collator(examples)  # the same draws (seeded by content), not cut
@@ -426,12 +426,10 @@ def decode_all(transform, paths: list[str], draft_size: int | None) -> None:
 def data_path(image_size: int, images_count: int, batches: int) -> dict:
     """Images/s one loader worker delivers for the official pre-training recipe from 640x480 JPEG files, and what
     JPEG draft-mode decoding is worth for decode + transform (one process) on 640x480 and 1280x960 files."""
-    import data_loading  # benchmarks/data_loading.py
-
     from bridgetower_gaudi.data import DataArguments, ImageTransform, build_dataset, synthetic_tokenizer
 
     tokenizer = synthetic_tokenizer()
-    collator = PretrainingCollator(tokenizer, itm_negatives="dataset", reuse_image_features=True)
+    collator = PretrainingCollator(tokenizer, itm_negatives="dataset")
     transform = ImageTransform(image_size, "clip")
     draft = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -556,11 +554,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| transformers, {meta['device_name']} (1 device) | - | {ref['transformers_per_device']:.2f} |")
     if report.get("data_path"):
         d = report["data_path"]
-        lines += ["", f"Data path: one loader worker delivers {d['examples_per_second_per_worker']:.1f} examples/s "
-                  f"({d['images_per_second_per_worker']:.1f} images/s: own image + data-set negative) from "
-                  f"{d['source']} at {d['image_size']} px; the two-pass pre-training step consumes "
-                  f"{d['model_examples_per_second']:.2f} examples/s: {d['workers_needed']:.2f} workers keep "
-                  "up."]  # fmt: skip
+        here, device = d["workers_needed"], d["workers_needed_at_device_rate"]
+        lines += ["", f"Data path: one loader worker (one core) delivers {d['examples_per_second_per_worker']:.1f} "
+                  f"examples/s ({d['images_per_second_per_worker']:.1f} images/s: its own image, and a data-set "
+                  f"negative for half of them) from {d['source']} at {d['image_size']} px. Our pre-training step "
+                  f"consumes {here['device_examples_per_second']:.3g} examples/s here: {here['workers']:.3g} of a "
+                  f"worker keeps up; a device stepping at {device['device_examples_per_second']:.1f} examples/s "
+                  f"(--device_examples_per_second) needs {device['workers']:.2f} workers "
+                  f"({device['whole_workers']} whole)."]  # fmt: skip
         draft = ", ".join(f"{size}: {rates['full']:.0f} -> {rates['draft']:.0f}"
                           for size, rates in d["decode_transform_images_per_second"].items())  # fmt: skip
         lines.append(f"JPEG decode + transform at {d['image_size']} px, images/s in one process, full -> draft-mode "
@@ -629,6 +630,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model, after one warm-up step")
     parser.add_argument("--scaling_batch_sizes", type=int, nargs="*", help="ITM training batch sizes to plot")
     parser.add_argument("--data_images", type=int, default=256, help="JPEG files for the data-path figure (0: skip)")
+    parser.add_argument("--device_examples_per_second", type=float, default=data_loading.GAUDI2_EXAMPLES_PER_SECOND,
+                        help="a device's step rate for the data path's workers needed (default: the published "
+                        "Gaudi2 per-card rate, BridgeTower-large ITC, 113.1)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (HPU, CUDA, CPU), or a torch device")
     parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS),
                         help="also time our ITM training step with and without each speed-up lever")  # fmt: skip
@@ -726,8 +730,9 @@ def main(argv=None) -> str:
     if args.data_images and "pretrain" in args.tasks:
         data = data_path(image_size, args.data_images, 3 if args.quick else 20)
         consumed = next(r.samples_per_second for r in results if r.case == "pretrain" and r.model == "ours")
-        data["model_examples_per_second"] = consumed
-        data["workers_needed"] = consumed / data["examples_per_second_per_worker"]
+        per_worker = data["examples_per_second_per_worker"]
+        data["workers_needed"] = data_loading.workers_needed(consumed, per_worker)
+        data["workers_needed_at_device_rate"] = data_loading.workers_needed(args.device_examples_per_second, per_worker)
         report["data_path"] = data
     out = os.path.join(args.output_dir, f"{slug(name)}-{date}")
     os.makedirs(out, exist_ok=True)

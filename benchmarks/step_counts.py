@@ -74,8 +74,7 @@ def pretraining_examples(config, lengths: list[int], max_length: int, generator)
 def gflop_per_sample(preset: str, lengths: list[int], buckets: list[int], batch_size: int) -> dict:
     """Forward + backward FLOPs of the default pre-training step per sample, on the meta device."""
     config = BridgeTowerConfig(**PRESETS[preset])
-    collator = PretrainingCollator(_Vocabulary(config.text_config.vocab_size), itm_negatives="dataset",
-                                   reuse_image_features=True, seed=0)  # fmt: skip
+    collator = PretrainingCollator(_Vocabulary(config.text_config.vocab_size), itm_negatives="dataset", seed=0)
     collator = PadToLengthBucket(collator, buckets)
     generator = torch.Generator().manual_seed(0)
     with torch.device("meta"):
@@ -117,7 +116,7 @@ def loader_counts(image_size: int, batch_size: int, batches: int) -> dict:
     try:
         args = DataArguments(synthetic_train_size=batch_size * batches * 2, itm_negatives="dataset")
         dataset = build_dataset(args, synthetic_tokenizer(), image_size)
-        collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset", reuse_image_features=True)
+        collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset")
         now_bytes, before_bytes, now_decodes, before_decodes = 0, 0, 0, 0
         for b in range(batches):
             positions = range(b * batch_size, (b + 1) * batch_size)

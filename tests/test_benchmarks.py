@@ -54,10 +54,17 @@ def test_tiny_report_has_every_file_and_field(tmp_path):
 
     assert report["static_shapes"] and set(report["static_shapes"].values()) == {1}
     data = report["data_path"]
-    assert data["images_per_second_per_worker"] > 0 and data["workers_needed"] > 0
+    per_worker = data["examples_per_second_per_worker"]
+    assert per_worker > 0 and data["images_per_second_per_worker"] == pytest.approx(1.5 * per_worker)
+    pretrain = next(r for r in report["results"] if r["case"] == "pretrain" and r["model"] == "ours")
+    here, device = data["workers_needed"], data["workers_needed_at_device_rate"]
+    assert here["workers"] == pytest.approx(pretrain["samples_per_second"] / per_worker)
+    assert device["device_examples_per_second"] == pytest.approx(904.9 / 8)  # default: Gaudi2's published rate
+    assert device["workers"] == pytest.approx(904.9 / 8 / per_worker) and device["whole_workers"] >= device["workers"]
     for rates in data["decode_transform_images_per_second"].values():  # JPEG draft mode, with and without
         assert rates["full"] > 0 and rates["draft"] > 0
-    assert "| itm_train | ours |" in (folder / "report.md").read_text()
+    markdown = (folder / "report.md").read_text()
+    assert "| itm_train | ours |" in markdown and f"needs {device['workers']:.2f} workers" in markdown
 
 
 def test_itc_at_large_takes_optimum_habanas_run_bridgetower_shape():
@@ -117,3 +124,14 @@ def test_swap_probe_reports_a_colour_only_matcher_as_such():
             return [[{"text": texts[0], "itm": float(s)}] for s in shown]
 
     assert swap_probe(ColourOnly()) == {"match": 1.0, "colour": 1.0, "shape": 0.0, "position": 0.0}
+
+
+def test_workers_needed_is_the_step_rate_over_one_workers_rate_in_whole_workers_too():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import data_loading
+    finally:
+        sys.path.pop(0)
+    need = data_loading.workers_needed(113.1, 50.0)
+    assert need["workers"] == pytest.approx(2.262) and need["whole_workers"] == 3
+    assert data_loading.workers_needed(0.44, 50.0)["whole_workers"] == 1  # a slow step still needs one worker

@@ -234,21 +234,17 @@ def _itm_examples(image_ids, with_false_images=True):
 
 
 @pytest.mark.parametrize("itm_negatives", ["dataset", "in_batch"])
-@pytest.mark.parametrize("reuse", [False, True], ids=["two_pass", "one_pass"])
-def test_itm_pairs_are_exactly_half_positive_and_negatives_are_other_images(itm_negatives, reuse):
-    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives=itm_negatives, reuse_image_features=reuse)
+def test_itm_pairs_are_exactly_half_positive_and_negatives_are_other_images(itm_negatives):
+    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives=itm_negatives)
     image_ids = ["a", "a", "b", "c", "d", "d", "e", "f"]
     examples = _itm_examples(image_ids)
     for _ in range(50):
         batch = collator(examples)
         labels = batch["itm_labels"]
         assert labels.sum() == 4  # exactly half, in random positions
-        own = batch["pixel_values"][:, 0, 0, 0]
-        if reuse:  # rows of [the batch's images; data-set negatives]
-            pool = own if itm_negatives == "in_batch" else torch.cat([own, batch["itm_pixel_values"][:, 0, 0, 0]])
-            chosen = pool[batch["itm_image_index"]]
-        else:
-            chosen = batch["itm_pixel_values"][:, 0, 0, 0]
+        own = batch["pixel_values"][:, 0, 0, 0]  # ITM images are rows of [the batch's images; data-set negatives]
+        pool = own if itm_negatives == "in_batch" else torch.cat([own, batch["itm_pixel_values"][:, 0, 0, 0]])
+        chosen = pool[batch["itm_image_index"]]
         for i, label in enumerate(labels.tolist()):
             if label == 1:
                 assert chosen[i] == i
@@ -264,7 +260,7 @@ def test_itm_negatives_fall_back_to_the_batch_when_the_dataset_drew_the_same_ima
     examples = _itm_examples(["a", "b", "c", "d"])
     for example in examples:
         example["false_image_id"] = example["image_id"]  # a streaming reader's first records
-    batch = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset", reuse_image_features=True)(examples)
+    batch = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset")(examples)
     negatives = (batch["itm_labels"] == 0).nonzero().flatten()
     assert (batch["itm_image_index"][negatives] < 4).all()  # another image of the batch
     assert (batch["itm_image_index"][negatives] != negatives).all()
@@ -514,7 +510,7 @@ def test_static_shapes_hold_across_a_whole_epoch(itm_negatives):
         shuffle=True,
         num_workers=2,
         drop_last=True,
-        collate_fn=PretrainingCollator(tokenizer, itm_negatives=itm_negatives, reuse_image_features=True),
+        collate_fn=PretrainingCollator(tokenizer, itm_negatives=itm_negatives),
     )
     shapes = {tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())) for batch in loader}
     assert len(shapes) == 1 and len(list(loader)) == 70 // 8
@@ -553,7 +549,7 @@ def test_deterministic_masking_depends_only_on_seed_and_batch():
     examples = [
         build_dataset(DataArguments(synthetic_train_size=8, max_seq_length=16), tokenizer, 32)[i] for i in range(8)
     ]
-    collator = PretrainingCollator(tokenizer, itm_negatives="in_batch", reuse_image_features=True, seed=3)
+    collator = PretrainingCollator(tokenizer, itm_negatives="in_batch", seed=3)
     first = collator(examples)
     torch.manual_seed(123)  # the global stream must not matter
     second = collator(examples)

@@ -19,7 +19,7 @@ def _negatives_dataset(size: int = 64):
 
 def test_data_set_negatives_are_decoded_only_for_the_negative_rows(monkeypatch):
     dataset = _negatives_dataset()
-    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset", reuse_image_features=True)
+    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="dataset")
     decoded = []
     decode = dataset_module.decode_image
     monkeypatch.setattr(dataset_module, "decode_image", lambda *a, **k: decoded.append(a[1]) or decode(*a, **k))
@@ -75,7 +75,7 @@ def test_length_buckets_cut_each_batch_to_the_smallest_bucket_and_real_tokens_se
     from tests.conftest import tiny_config
 
     dataset = _negatives_dataset()
-    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="in_batch", reuse_image_features=True)
+    collator = PretrainingCollator(synthetic_tokenizer(), itm_negatives="in_batch")
     examples = [dataset[p] for p in range(8)]
     full = collator(examples)
     cut = PadToLengthBucket(collator, [4, 12, 16])(examples)

@@ -33,7 +33,7 @@ def pretraining_batch(itm_negatives: str, size: int = 8) -> dict:
     tokenizer = synthetic_tokenizer()
     data = DataArguments(synthetic_train_size=size, max_seq_length=16, itm_negatives=itm_negatives)
     dataset = build_dataset(data, tokenizer, 32)
-    collator = PretrainingCollator(tokenizer, itm_negatives=itm_negatives, reuse_image_features=True, seed=1)
+    collator = PretrainingCollator(tokenizer, itm_negatives=itm_negatives, seed=1)
     return collator([dataset[i] for i in range(size)])
 
 

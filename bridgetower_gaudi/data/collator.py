@@ -44,16 +44,14 @@ class PretrainingCollator:
     - "itc_hard": no pairing here; `itm_negative_mask` (True where image j may be caption i's negative) lets the
       model draw ITC-sampled hard negatives.
     - "none": no ITM.
-    With `reuse_image_features` ITM images that are the batch's own are sent as indices (`itm_image_index`, rows of
-    the MLM pass's image features) and only data-set negatives as `itm_pixel_values`; without it, every ITM image
-    goes through the vision tower again (`itm_pixel_values`, the official two-pass step).
+    ITM images that are the batch's own are sent as indices (`itm_image_index`, rows of the MLM pass's image
+    features: one vision pass per image) and only data-set negatives as `itm_pixel_values`.
     """
 
     tokenizer: object
     mlm_probability: float = 0.15
     whole_word_masking: bool = False
     itm_negatives: str = "dataset"
-    reuse_image_features: bool = False
     mlm: bool = True
     seed: int | None = None
     itc_image_ids: bool = False  # retrieval: send each caption's image as an integer (soft ITC targets)
@@ -120,16 +118,10 @@ class PretrainingCollator:
                 index[i] = others[int(torch.randint(len(others), (1,), generator=generator))]
             else:  # every image of the batch is this caption's: it stays a positive
                 labels[i] = 1
-        pool = pixel_values
+        out = {"itm_labels": labels, "itm_image_index": index}
         if from_dataset:
-            false_images = torch.stack([false[i][1] for i in negatives.tolist()])
-            pool = torch.cat([pixel_values, false_images])
-        if self.reuse_image_features:
-            out = {"itm_labels": labels, "itm_image_index": index}
-            if from_dataset:
-                out["itm_pixel_values"] = false_images
-            return out
-        return {"itm_labels": labels, "itm_pixel_values": pool[index]}
+            out["itm_pixel_values"] = torch.stack([false[i][1] for i in negatives.tolist()])
+        return out
 
     def candidates(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)

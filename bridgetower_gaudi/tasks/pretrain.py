@@ -189,7 +189,6 @@ class PretrainTask(Task):
             mlm_probability=data_args.mlm_probability,
             whole_word_masking=data_args.whole_word_masking,
             itm_negatives=data_args.itm_negatives,
-            reuse_image_features=True,  # one step: the ITM pass encodes only data-set negatives
             mlm="mlm" in objectives,
             seed=args.seed if data_args.deterministic_masking else None,
         )
@@ -200,7 +199,6 @@ class PretrainTask(Task):
             mlm_probability=data_args.mlm_probability,
             whole_word_masking=data_args.whole_word_masking,
             itm_negatives="in_batch" if "itm" in objectives else "none",
-            reuse_image_features=True,
             mlm="mlm" in objectives,
             seed=args.seed,
         )

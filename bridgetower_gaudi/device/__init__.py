@@ -7,9 +7,11 @@ is given: `import optimum.habana` fails on machines without Intel Gaudi software
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.metadata
 import importlib.util
 import os
+import sys
 
 import torch
 from transformers.utils import is_torch_hpu_available
@@ -58,12 +60,36 @@ def share_cpu_cores_with_loader_workers(args) -> int | None:
 
 
 def leave_process_group() -> None:
-    """End a multi-process run cleanly: every rank waits for the others, then the default group is destroyed. Left
-    alive at interpreter exit, gloo's threads can abort a rank that has finished its work ("terminate called without
-    an active exception", SIGABRT), and torchrun then reports the whole run as failed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    """End a multi-process run cleanly: every rank waits for the others, then the default group is destroyed and
+    freed, which joins gloo's worker threads while Python still runs.
+
+    Why freed, not only destroyed: a gloo worker drops its last references to a collective's tensors just after the
+    rank has seen the collective complete; those tensors have Python objects, so the worker takes the GIL. If the
+    rank has meanwhile reached interpreter exit, Python ends that thread inside a C++ destructor ("terminate called
+    without an active exception", SIGABRT, after all the work was done) and torchrun fails the run. The group's
+    destructor waits for its workers, so once it has run no worker is left to race the exit. Whatever still holds
+    the group keeps its workers alive: a trainer after `train()` does (its DistributedDataParallel wrapper), so drop
+    the trainer before calling this."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    group = torch.distributed.group.WORLD
+    torch.distributed.destroy_process_group()
+    unpin_from_deepspeed(group)
+    del group
+    gc.collect()  # a dropped trainer's reference cycles: the last reference goes, and the group's destructor joins
+
+
+def unpin_from_deepspeed(group) -> None:
+    """DeepSpeed's TorchBackend.barrier and .monitored_barrier default to `group=GroupMember.WORLD`, evaluated when
+    deepspeed.comm is first imported. The Trainer imports it after the group exists, so those defaults would keep
+    the destroyed group (and its threads) alive until exit. Their bodies read None as "the default group"."""
+    deepspeed_torch = sys.modules.get("deepspeed.comm.torch")
+    backend = getattr(deepspeed_torch, "TorchBackend", None)
+    for method in (getattr(backend, "barrier", None), getattr(backend, "monitored_barrier", None)):
+        defaults = getattr(method, "__defaults__", None)
+        if defaults and defaults[0] is group:
+            method.__defaults__ = (None, *defaults[1:])
 
 
 def require_use_habana_on_hpu(use_habana: bool, use_cpu: bool) -> None:

@@ -267,6 +267,7 @@ def main(argv: list[str] | None, task, default_args: list[str] | None = None) ->
     trainer = build_trainer(task, model_args, data_args, task_args, args)
     limit_samples(trainer, args)
     results = run(trainer)
+    del trainer  # its DistributedDataParallel wrapper holds the process group, which leave_process_group frees
     leave_process_group()
     return results
 

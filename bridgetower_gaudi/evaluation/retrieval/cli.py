@@ -13,7 +13,7 @@ from ...data.records import BadRecord
 from ...data.sources import DataConfigError
 from ...inference.loading import PipelineError, load_model, load_tokenizer
 from .data import RetrievalData, karpathy_records, synthetic_records
-from .distributed import rank_and_world, setup_distributed
+from .distributed import leave, rank_and_world, setup_distributed
 from .metrics import RECALL_AT, RetrievalError
 from .options import RetrievalOptions, check_model, parse_k
 from .scoring import evaluate_retrieval
@@ -112,6 +112,7 @@ def run(args: RetrievalArguments) -> dict:
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, RESULTS_FILE), "w") as f:
                 json.dump(results, f, indent=2)
+    leave()
     return results
 
 

@@ -8,6 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from ...device import leave_process_group
 from ...inference.loading import resolve_device
 
 _GATHER_GROUP = None
@@ -39,6 +40,14 @@ def _gather_group():
     if _GATHER_GROUP is None:
         _GATHER_GROUP = dist.new_group(backend="gloo")
     return _GATHER_GROUP
+
+
+def leave() -> None:
+    """The end of a run under torchrun: the gather group dropped, then the process group left and freed (see
+    `leave_process_group`: gloo's worker threads still running at exit can abort a finished rank)."""
+    global _GATHER_GROUP
+    _GATHER_GROUP = None
+    leave_process_group()
 
 
 def image_slice(num_images: int, rank: int, world: int) -> range:

@@ -139,7 +139,8 @@ def test_loader_workers_default_from_the_cores_per_local_device_on_accelerators_
         default_loader_workers(args, set(given), accelerator)
         return args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_prefetch_factor
 
-    assert resolved() == (4, False, 4)  # 40 cores / 8 devices, one left to the training process
+    assert resolved() == (4, True, 4)  # 40 cores / 8 devices, one left to the training process; persistent
     assert resolved(accelerator=False) == (0, False, None)  # CPU: the workers would take the step's cores
-    assert resolved(given={"dataloader_num_workers"}, workers=2) == (2, False, 4)  # the user's flag wins
+    assert resolved(given={"dataloader_num_workers"}, workers=2) == (2, True, 4)  # the user's flag wins
     assert resolved(given={"dataloader_num_workers"}) == (0, False, None)
+    assert resolved(given={"dataloader_persistent_workers"}) == (4, False, 4)

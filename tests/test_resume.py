@@ -204,12 +204,23 @@ def test_a_killed_distributed_run_resumes_to_bit_identical_weights(tmp_path, set
     _weights_equal(killed, tmp_path / "whole")
 
 
-def test_a_run_resumed_from_an_epochs_last_checkpoint_is_exact(tmp_path):
-    """Map-style data, 6 steps an epoch, ITC hard negatives (drawn by the model from the process's random state):
-    killed mid-step 7, the run resumes from checkpoint-6, saved after the epoch's last batch. The uninterrupted run
-    drew the next epoch's loader seed after that checkpoint; the resumed one must too (its step-7 loss differed in
-    the 4th digit when the state was restored once more before the step)."""
-    data_flags = ["--synthetic_train_size", "24", "--dataloader_num_workers", "0", "--objectives", "mlm,itm,itc"]
+@pytest.mark.parametrize(
+    "workers, kill_step, left",
+    [(0, 7, ["checkpoint-3", "checkpoint-6"]),
+     pytest.param(2, 5, ["checkpoint-3"], marks=pytest.mark.slow),
+     pytest.param(2, 7, ["checkpoint-3", "checkpoint-6"], marks=pytest.mark.slow)],
+    ids=["epoch-end", "persistent-workers-mid-epoch", "persistent-workers-epoch-end"],
+)  # fmt: skip
+def test_a_map_style_run_resumed_before_an_epochs_end_is_exact(tmp_path, workers, kill_step, left):
+    """Map-style data, 6 steps an epoch, ITC hard negatives and dropout (the model's draws from the process's random
+    state). Killed mid-step 7, the run resumes from checkpoint-6, saved after the epoch's last batch (restoring the
+    random state once more before step 7 once made its loss differ in the 4th digit); killed mid-step 5, from
+    checkpoint-3, mid-epoch; either way it crosses into the next epoch. With 2 data-loader workers (persistent: the
+    default with workers) the uninterrupted run makes its workers once and the resumed run again: making them must
+    not draw from the training process's random state (torch draws their base seed from it unless the loader has a
+    generator of its own; it did, and the weights differed)."""
+    data_flags = ["--synthetic_train_size", "24", "--dataloader_num_workers", str(workers), "--objectives",
+                  "mlm,itm,itc"]  # fmt: skip
 
     def flags(output_dir):
         flags = _flags(tmp_path, data_flags, output_dir)
@@ -218,7 +229,30 @@ def test_a_run_resumed_from_an_epochs_last_checkpoint_is_exact(tmp_path):
 
     main(flags(tmp_path / "whole"))
     killed = tmp_path / "killed"
-    run_killed_at(python_script("run_scripts/run_pretrain.py", *flags(killed)), "mid_step", 7)
-    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    run_killed_at(python_script("run_scripts/run_pretrain.py", *flags(killed)), "mid_step", kill_step)
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == left
     main(flags(killed))
     _weights_equal(killed, tmp_path / "whole")
+
+
+def test_loaders_never_draw_from_the_training_random_state_and_each_evaluation_set_keeps_its_own(tmp_path):
+    """With workers, loaders persist by default. Making the workers (the training loader's, or an evaluation's in the
+    middle of training) leaves the training process's random state as it was, so a resumed run, which makes them
+    again, draws what the uninterrupted one drew; each named evaluation set keeps its own persistent loader (Trainer
+    would give a second set, padded to whole batches, the first one's)."""
+    import torch
+
+    from bridgetower_gaudi.training.pretrain import build_trainer, parse_args
+
+    flags = _flags(tmp_path, ["--synthetic_train_size", "24", "--dataloader_num_workers", "2"], tmp_path / "out")
+    trainer = build_trainer(*parse_args(flags))
+    assert trainer.args.dataloader_persistent_workers
+    trainer.eval_dataset = {"six": trainer.train_dataset.first(6), "ten": trainer.train_dataset.first(10)}
+    loaders = [trainer.get_train_dataloader(), trainer.get_eval_dataloader("six"), trainer.get_eval_dataloader("ten")]
+    for loader in loaders:
+        state = torch.get_rng_state()
+        for _ in range(2):  # the second pass reuses the workers
+            assert sum(len(batch["input_ids"]) for batch in loader) > 0
+        assert torch.equal(torch.get_rng_state(), state)
+    assert trainer.get_eval_dataloader("six") is loaders[1] and trainer.get_eval_dataloader("ten") is loaders[2]
+    assert [loader.eval_examples for loader in loaders[1:]] == [6, 10]  # padded to whole batches of 8

@@ -139,15 +139,17 @@ def default_loader_workers(args, given: set[str], accelerator: bool) -> None:
     decoding runs beside the device: `--dataloader_num_workers` defaults to the cores this process may use divided by
     the processes on this node (torchrun's LOCAL_WORLD_SIZE), one left to the training process; on CPU it stays 0
     (the workers would take the cores the step runs on). With workers, each prefetches 4 batches, so a slow image
-    does not stall the step. Workers are not made persistent by default: a persistent loader draws its workers' base
-    seed from the main process's random state once instead of every epoch, so a resumed run's model-side draws (ITC
-    hard negatives, dropout) would no longer match the uninterrupted run's (tests/test_resume.py);
-    `--dataloader_persistent_workers true` saves the workers' start-up each epoch at that price."""
+    does not stall the step, and they persist across epochs (no start-up per epoch; a streamed data set still
+    restarts its workers each pass: training.streaming). A resume stays exact: no loader draws from the training
+    process's random state (training.streaming.with_own_generator) and every data draw comes from the example's place
+    in the data order (data.dataset.draw_seed), not from a worker's random state."""
     if accelerator and "dataloader_num_workers" not in given:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         args.dataloader_num_workers = max(0, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
     if args.dataloader_num_workers > 0 and "dataloader_prefetch_factor" not in given:
         args.dataloader_prefetch_factor = args.dataloader_prefetch_factor or 4
+    if args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in given:
+        args.dataloader_persistent_workers = True
 
 
 def parse_length_buckets(text: str | None, max_seq_length: int) -> list[int]:

@@ -8,6 +8,7 @@ import torch
 from transformers.trainer_pt_utils import nested_truncate
 
 from ..data.dataset import StreamingLoader
+from .streaming import with_own_generator
 
 
 def padded_to_whole_batches(dataset, batch_size: int):
@@ -59,6 +60,12 @@ class PaddedEvaluation:
     """Trainer mixin: evaluation with `eval_data_collator` (the training collator when None), over every example."""
 
     def get_eval_dataloader(self, eval_dataset=None):
+        # With persistent workers a set's loader is kept and reused, by name (Trainer would key every set it is
+        # given as a dataset, as ours are after padding, "eval": a second named set would get the first one's).
+        name = eval_dataset if isinstance(eval_dataset, str) else "eval" if eval_dataset is None else None
+        kept = self.__dict__.setdefault("_kept_eval_loaders", {})
+        if name in kept:
+            return kept[name]
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, str):  # Trainer.evaluate names one of several evaluation sets
             dataset = self.eval_dataset[dataset]
@@ -74,8 +81,12 @@ class PaddedEvaluation:
             loader = super().get_eval_dataloader(dataset)
         finally:
             self.data_collator = training_collator
+            getattr(self, "_eval_dataloaders", {}).pop("eval", None)
         loader.eval_examples = padding  # read by evaluation_loop: how many of the rows are real examples
-        return loader
+        if self.args.dataloader_persistent_workers and name is not None:
+            kept[name] = loader
+        # Making an evaluation's workers must not draw from the training's random state (see with_own_generator).
+        return with_own_generator(loader, self.args.seed, self.args.process_index, "eval")
 
     def get_test_dataloader(self, test_dataset):
         """Trainer.predict's loader, padded to whole batches like the evaluation one (every example predicted)."""

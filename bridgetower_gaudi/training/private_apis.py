@@ -73,6 +73,9 @@ TRANSFORMERS: tuple[PrivateApi, ...] = (
         _TRAINER, "Trainer", "gather_function", None, "training/padded_evaluation.py: evaluation_loop cuts padding"
     ),
     PrivateApi(
+        _TRAINER, "Trainer", "_eval_dataloaders", None, "training/padded_evaluation.py: persistent loaders kept by name"
+    ),
+    PrivateApi(
         _TRAINER,
         "Trainer",
         "current_gradient_accumulation_steps",

@@ -4,6 +4,7 @@ bridgetower_gaudi/training/kill_points.py), never at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,10 +33,30 @@ def failure_report(done: subprocess.CompletedProcess) -> str:
     )
 
 
+def run_captured(command: list[str], *, timeout: float, env: dict | None = None, **kwargs):
+    """Run `command` in its own process group (text mode, output captured). Past `timeout`, or when the test run is
+    interrupted, the whole group is killed (torchrun's ranks with it, none left running into later tests); a timeout
+    fails with the command and the output tails it had written by then."""
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(command, env=env or child_environment(), cwd=kwargs.pop("cwd", ROOT), text=True,
+                               stdout=pipe, stderr=pipe, start_new_session=True, **kwargs)  # fmt: skip
+    with process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException as error:
+            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            if isinstance(error, subprocess.TimeoutExpired):
+                done = subprocess.CompletedProcess(command, f"none: killed after {timeout:g} s", stdout, stderr)
+                raise AssertionError(failure_report(done)) from None
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def run_checked(command: list[str], *, timeout: float = 600, env: dict | None = None, expect: int = 0, **kwargs):
-    """Run `command` (text mode, output captured); assert it exited with `expect`, showing its output tails if not."""
-    done = subprocess.run(command, env=env or child_environment(), cwd=kwargs.pop("cwd", ROOT), capture_output=True,
-                          text=True, timeout=timeout, **kwargs)  # fmt: skip
+    """Run `command` (see run_captured); assert it exited with `expect`, showing its output tails if not."""
+    done = run_captured(command, timeout=timeout, env=env, **kwargs)
     assert done.returncode == expect, failure_report(done)
     return done
 
@@ -52,8 +73,7 @@ def python_script(script: str, *args: str) -> list[str]:
 def run_killed_at(command: list[str], phase: str, step: int, *, timeout: float = 600, torchrun: bool = False) -> str:
     """Run `command` with `BRIDGETOWER_KILL_AT=phase:step`; assert it SIGKILLed itself there (its marker line, and
     the exit by SIGKILL, or torchrun's exit 1 once a rank died) and return its stderr."""
-    done = subprocess.run(command, env=child_environment(**{KILL_AT: f"{phase}:{step}"}), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    done = run_captured(command, timeout=timeout, env=child_environment(**{KILL_AT: f"{phase}:{step}"}))
     assert done.returncode == (1 if torchrun else -signal.SIGKILL), failure_report(done)
     assert f"{MARKER} {phase} step {step}\n" in done.stderr, failure_report(done)
     return done.stderr

@@ -166,10 +166,7 @@ def test_example_flags_are_accepted_and_applied(tmp_path):
     trainer = pretrain.build_trainer(model_args, data_args, pretraining_args, args)
     pretrain.limit_samples(trainer, args)
     assert len(trainer.train_dataset) == 8 and len(trainer.eval_dataset) == 4
-    assert (
-        len(trainer.get_train_dataloader()) == 8 // args.per_device_train_batch_size
-        or args.per_device_train_batch_size > 8
-    )
+    assert args.per_device_train_batch_size == 8 and len(trainer.get_train_dataloader()) == 1  # 8 samples, not 32
 
 
 def test_hub_flags_download_at_the_revision_into_the_cache(tmp_path, monkeypatch):

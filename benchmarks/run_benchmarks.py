@@ -121,13 +121,14 @@ def transformers_config(preset: str, image_size: int | None = None) -> transform
     return transformers.BridgeTowerConfig(**fields)
 
 
-def model_pair(head: str, config: transformers.BridgeTowerConfig, folder: str, device):
-    """(ours, transformers') of class `head`: transformers' model, saved, loaded by ours: the same weights."""
+def model_pair(head: str, config: transformers.BridgeTowerConfig, folder: str, device, attention: str = "sdpa"):
+    """(ours, transformers') of class `head`: transformers' model, saved, loaded by ours (with `attention`, our
+    --attn_implementation): the same weights. Transformers' BridgeTower has eager attention only."""
     torch.manual_seed(0)
     theirs = getattr(transformers, head)(config)
     path = os.path.join(folder, head)
     theirs.save_pretrained(path)
-    ours = getattr(btg, head).from_pretrained(path)
+    ours = getattr(btg, head).from_pretrained(path, attn_implementation=attention)
     return ours.to(device).train(), theirs.to(device).train()
 
 
@@ -253,7 +254,9 @@ def run_pretrain(runner: Runner, config, batch_size: int, seq_len: int):
     theirs_itm = transformers.BridgeTowerForImageAndTextRetrieval(config)
     theirs_itm.bridgetower = theirs_mlm.bridgetower  # one set of weights
     theirs_mlm.save_pretrained(os.path.join(folder, "pretrain"))
-    ours = btg.BridgeTowerForPreTraining.from_pretrained(os.path.join(folder, "pretrain"))  # + a fresh ITM head
+    ours = btg.BridgeTowerForPreTraining.from_pretrained(  # + a fresh ITM head
+        os.path.join(folder, "pretrain"), attn_implementation=runner.args.attn_implementation
+    )
     ours.itm_score.load_state_dict(theirs_itm.itm_score.state_dict())
     ours = ours.to(runner.device).train()
     theirs_mlm, theirs_itm = theirs_mlm.to(runner.device).train(), theirs_itm.to(runner.device).train()
@@ -286,7 +289,7 @@ def run_finetune(runner: Runner, task: str, config, batch_size: int, seq_len: in
     """ITM (ForImageAndTextRetrieval, cross-entropy on match labels) or ITC (ForContrastiveLearning, its 3-way
     contrastive loss) fine-tuning, ours vs transformers; ITM also at the scaling batch sizes."""
     head = "BridgeTowerForImageAndTextRetrieval" if task == "itm" else "BridgeTowerForContrastiveLearning"
-    ours, theirs = model_pair(head, config, runner.folder, runner.device)
+    ours, theirs = model_pair(head, config, runner.folder, runner.device, runner.args.attn_implementation)
     runner.shapes.watch(ours)
     runner.shapes.watch(theirs)
     optimizers = {
@@ -312,7 +315,8 @@ def run_inference(runner: Runner, config, batch_size: int, seq_len: int, tasks: 
     """ITM scoring of `batch_size` pairs, and re-ranking `batch_size` candidate images for one caption: ours runs each
     tower once and only the cross-modal encoder per pair (as our retrieval evaluation and pipeline do); a
     transformers user runs the whole model on every (caption, image) pair."""
-    ours, theirs = model_pair("BridgeTowerForImageAndTextRetrieval", config, runner.folder, runner.device)
+    ours, theirs = model_pair("BridgeTowerForImageAndTextRetrieval", config, runner.folder, runner.device,
+                               runner.args.attn_implementation)  # fmt: skip
     ours.eval(), theirs.eval()
     runner.shapes.watch(ours)
     runner.shapes.watch(theirs)
@@ -394,7 +398,8 @@ def lever_variant(lever: str, model, optimizer, runner: Runner, batch: dict):
 
 def run_levers(runner: Runner, config, batch_size: int, seq_len: int, levers: list[str]) -> list[dict]:
     """Each lever: our ITM training step with it and without it, taking turns (one pair of models at a time)."""
-    ours, theirs = model_pair("BridgeTowerForImageAndTextRetrieval", config, runner.folder, runner.device)
+    ours, theirs = model_pair("BridgeTowerForImageAndTextRetrieval", config, runner.folder, runner.device,
+                               runner.args.attn_implementation)  # fmt: skip
     del theirs
     generator = torch.Generator().manual_seed(batch_size)
     batch = {**captions(config, batch_size, seq_len, generator), "pixel_values": images(config, batch_size, generator)}
@@ -511,7 +516,8 @@ def markdown(report: dict) -> str:
         f"torch {meta['versions']['torch']}, transformers {meta['versions']['transformers']}, git "
         f"{(meta['git']['commit'] or 'unknown')[:10]}{' (uncommitted changes)' if meta['git']['dirty'] else ''}; "
         f"preset {meta['config']['preset']}, image {meta['config']['image_size']} px, {meta['config']['seq_len']} "
-        f"tokens, {meta['config']['precision']}; {meta['config']['torch_threads']} torch threads. Matmul peak "
+        f"tokens, {meta['config']['precision']}; our attention: {meta['config'].get('attn_implementation', 'sdpa')}; "
+        f"{meta['config']['torch_threads']} torch threads. Matmul peak "
         f"measured here: fp32 {report['matmul_peak']['fp32'] / 1e12:.3f} TFLOP/s, bf16 "
         f"{report['matmul_peak']['bf16'] / 1e12:.3f} TFLOP/s. Median of {meta['config']['steps']} steps per model, "
         "the models taking turns; FLOPs by torch.utils.flop_counter (forward + backward; the optimizer's are not "
@@ -634,6 +640,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a device's step rate for the data path's workers needed (default: the published "
                         "Gaudi2 per-card rate, BridgeTower-large ITC, 113.1)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (HPU, CUDA, CPU), or a torch device")
+    parser.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager"],
+                        help="our model's attention (its --attn_implementation); transformers' is eager")  # fmt: skip
     parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS),
                         help="also time our ITM training step with and without each speed-up lever")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="few steps, small data path: a smoke run (CI)")
@@ -707,6 +715,7 @@ def main(argv=None) -> str:
             "git": git_commit(),
             "config": {"preset": args.preset, "tasks": args.tasks, "batch_size": args.batch_size,
                        "inference_batch_size": args.inference_batch_size, "seq_len": args.seq_len,
+                       "attn_implementation": args.attn_implementation,
                        "image_size": image_size, "precision": args.precision, "steps": args.steps,
                        "torch_threads": torch.get_num_threads(), "scaling_batch_sizes": args.scaling_batch_sizes,
                        "optimum_habana_shape": args.optimum_habana_shape, "quick": args.quick,

@@ -218,6 +218,8 @@ def check_device_flags(args) -> None:
     wrong = [f"--{name}" for name, default in HPU_ONLY_FLAGS.items() if getattr(args, name) not in (default, False)]
     if args.torch_compile_backend == "hpu_backend":
         wrong.append("--torch_compile_backend hpu_backend")
+    if args.attn_implementation == GAUDI_ATTENTION:
+        wrong.append(f"--attn_implementation {GAUDI_ATTENTION}")
     if wrong:
         raise ValueError(
             f"{', '.join(wrong)} only work on Gaudi: add --use_habana on an HPU machine, or drop them here "

@@ -18,7 +18,6 @@ HPU_ONLY_FLAGS = {
     "sdp_on_bf16": False,
     "use_flash_attention": False,
     "flash_attention_recompute": False,
-    "attn_implementation": None,
     "mediapipe_dataloader": False,
 }
 

@@ -47,8 +47,8 @@ class CrossModalSelfAttention(nn.Module):
         self.config = config  # read at call time: `_attn_implementation` names the registered kernel
 
     def attention_function(self):
-        """The registered function of `config._attn_implementation`; torch's SDPA for names the registry lacks
-        ("eager", "sdpa": transformers keeps those per model)."""
+        """The registered function of `config._attn_implementation`; torch's SDPA for "sdpa", which the registry
+        lacks (transformers keeps it per model; "eager" never reaches here)."""
         return ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation) or sdpa_attention_forward
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,10 @@ class CrossModalSelfAttention(nn.Module):
         )
         dropout_p = self.dropout_p if self.training else 0.0
         probs = None
-        if output_attentions:  # SDPA does not return the weights; compute them explicitly only when asked
+        # Explicit matmuls when the weights are asked for (SDPA does not return them) or under "eager", as the towers'
+        # eager attention: under CPU bf16 autocast these stay bf16 matmuls, where SDPA with dropout falls back to
+        # fp32 math (docs/reference/performance.md).
+        if output_attentions or self.config._attn_implementation == "eager":
             scores = query @ key.transpose(-1, -2) / self.head_dim**0.5
             if mask is not None:
                 scores = scores + mask.to(scores.dtype)

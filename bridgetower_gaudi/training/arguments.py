@@ -131,7 +131,10 @@ class BridgeTowerTrainingArguments(TrainingArguments, ExampleScriptArguments):
     non_blocking_data_copy: bool = field(default=False, metadata={"help": "HPU: asynchronous host-to-device copies."})
     adjust_throughput: bool = field(default=False, metadata={"help": "HPU: leave logging / eval / saving time out."})
     sdp_on_bf16: bool = field(default=False, metadata={"help": "HPU: bf16 reductions in torch's math SDPA."})
-    attn_implementation: str | None = field(default=None, metadata={"help": "HPU: gaudi_fused_sdpa for the towers."})
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention of every layer: sdpa (default), eager, or on HPU gaudi_fused_sdpa."},
+    )
     flash_attention_recompute: bool = field(default=False, metadata={"help": "HPU: recompute in fused SDPA."})
     # The paper's optimisation (PAPER_OPTIMIZER_FLAGS) as defaults here too, for arguments built in code.
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper: 0.98)."})

@@ -296,9 +296,14 @@ def apply_example_flags(model_args: ModelArguments, task_args: RecipeArguments, 
         )
     task_args.freeze_vision_tower |= args.freeze_vision_model
     task_args.freeze_text_tower |= args.freeze_text_model
-    if getattr(args, "attn_implementation", None) == GAUDI_ATTENTION:
+    if (attention := getattr(args, "attn_implementation", None)) not in (None, "sdpa", "eager", GAUDI_ATTENTION):
+        raise ValueError(
+            f"--attn_implementation {attention}: pick sdpa (torch's SDPA, the default), eager (explicit matmuls, "
+            f"the faster one for bf16 training on some CPUs) or, with --use_habana, {GAUDI_ATTENTION}."
+        )
+    if attention:
         model_args.config_overrides = ",".join(
-            filter(None, [model_args.config_overrides, f"attn_implementation={GAUDI_ATTENTION}"])
+            filter(None, [model_args.config_overrides, f"attn_implementation={attention}"])
         )
     if args.trust_remote_code:
         import datasets

@@ -216,9 +216,9 @@ def test_a_map_style_run_resumed_before_an_epochs_end_is_exact(tmp_path, workers
     state). Killed mid-step 7, the run resumes from checkpoint-6, saved after the epoch's last batch (restoring the
     random state once more before step 7 once made its loss differ in the 4th digit); killed mid-step 5, from
     checkpoint-3, mid-epoch; either way it crosses into the next epoch. With 2 data-loader workers (persistent: the
-    default with workers) the uninterrupted run makes its workers once and the resumed run again: making them must
-    not draw from the training process's random state (torch draws their base seed from it unless the loader has a
-    generator of its own; it did, and the weights differed)."""
+    default with workers) the uninterrupted run makes its workers once and the resumed run again, and torch draws
+    their base seed from the process's random state when it makes them (the weights differed until the trainer drew
+    it before each later pass too)."""
     data_flags = ["--synthetic_train_size", "24", "--dataloader_num_workers", str(workers), "--objectives",
                   "mlm,itm,itc"]  # fmt: skip
 
@@ -235,24 +235,36 @@ def test_a_map_style_run_resumed_before_an_epochs_end_is_exact(tmp_path, workers
     _weights_equal(killed, tmp_path / "whole")
 
 
-def test_loaders_never_draw_from_the_training_random_state_and_each_evaluation_set_keeps_its_own(tmp_path):
-    """With workers, loaders persist by default. Making the workers (the training loader's, or an evaluation's in the
-    middle of training) leaves the training process's random state as it was, so a resumed run, which makes them
-    again, draws what the uninterrupted one drew; each named evaluation set keeps its own persistent loader (Trainer
-    would give a second set, padded to whole batches, the first one's)."""
+def test_persistent_loaders_draw_as_new_ones_and_each_evaluation_set_keeps_its_own(tmp_path):
+    """With workers, loaders persist by default. torch draws the workers' base seed from the process's random state
+    when it makes them, which a persistent loader does once; the trainer draws it before each later pass (each
+    epoch's start, each evaluation), so the random state moves exactly as without persistent workers, and a resumed
+    run, which makes the workers again, draws what the uninterrupted run drew. Each named evaluation set keeps its own
+    loader (Trainer would give a second set, padded to whole batches, the first one's)."""
     import torch
 
     from bridgetower_gaudi.training.pretrain import build_trainer, parse_args
 
     flags = _flags(tmp_path, ["--synthetic_train_size", "24", "--dataloader_num_workers", "2"], tmp_path / "out")
-    trainer = build_trainer(*parse_args(flags))
-    assert trainer.args.dataloader_persistent_workers
-    trainer.eval_dataset = {"six": trainer.train_dataset.first(6), "ten": trainer.train_dataset.first(10)}
-    loaders = [trainer.get_train_dataloader(), trainer.get_eval_dataloader("six"), trainer.get_eval_dataloader("ten")]
-    for loader in loaders:
-        state = torch.get_rng_state()
-        for _ in range(2):  # the second pass reuses the workers
-            assert sum(len(batch["input_ids"]) for batch in loader) > 0
-        assert torch.equal(torch.get_rng_state(), state)
-    assert trainer.get_eval_dataloader("six") is loaders[1] and trainer.get_eval_dataloader("ten") is loaders[2]
-    assert [loader.eval_examples for loader in loaders[1:]] == [6, 10]  # padded to whole batches of 8
+
+    def random_states(persistent: str) -> list[torch.Tensor]:
+        trainer = build_trainer(*parse_args([*flags, "--dataloader_persistent_workers", persistent]))
+        trainer.eval_dataset = {"six": trainer.train_dataset.first(6), "ten": trainer.train_dataset.first(10)}
+        torch.manual_seed(0)
+        loader = trainer.callback_handler.train_dataloader = trainer.get_train_dataloader()
+        states = []
+        for _ in range(2):
+            trainer.callback_handler.on_epoch_begin(trainer.args, trainer.state, trainer.control)
+            assert sum(len(batch["input_ids"]) for batch in loader) == 24
+            states.append(torch.get_rng_state())
+        for name in ("six", "ten", "six", "ten"):
+            trainer.evaluate(eval_dataset=name)
+            states.append(torch.get_rng_state())
+        if persistent == "true":  # one loader per set, kept, with its own (padded) examples
+            assert trainer.get_eval_dataloader("six") is trainer.get_eval_dataloader("six")
+            assert [trainer.get_eval_dataloader(name).eval_examples for name in ("six", "ten")] == [6, 10]
+        return states
+
+    persistent, fresh = random_states("true"), random_states("false")
+    assert all(torch.equal(a, b) for a, b in zip(persistent, fresh, strict=True))
+    assert not torch.equal(persistent[0], persistent[1])  # each pass draws

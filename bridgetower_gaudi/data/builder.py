@@ -140,9 +140,10 @@ def default_loader_workers(args, given: set[str], accelerator: bool) -> None:
     the processes on this node (torchrun's LOCAL_WORLD_SIZE), one left to the training process; on CPU it stays 0
     (the workers would take the cores the step runs on). With workers, each prefetches 4 batches, so a slow image
     does not stall the step, and they persist across epochs (no start-up per epoch; a streamed data set still
-    restarts its workers each pass: training.streaming). A resume stays exact: no loader draws from the training
-    process's random state (training.streaming.with_own_generator) and every data draw comes from the example's place
-    in the data order (data.dataset.draw_seed), not from a worker's random state."""
+    restarts its workers each pass: training.streaming). Runs and resumes draw exactly as without persistence: the
+    trainer draws the workers' base seed before each later pass, as torch does when it makes them
+    (training.streaming.draw_as_new_workers_do), and no data draw uses a worker's random state
+    (data.dataset.draw_seed)."""
     if accelerator and "dataloader_num_workers" not in given:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         args.dataloader_num_workers = max(0, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)

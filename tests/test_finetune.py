@@ -20,7 +20,7 @@ from bridgetower_gaudi.modeling.checkpoint_conversion import from_transformers_l
 from bridgetower_gaudi.tasks import FINETUNING_TASKS, get_task
 from bridgetower_gaudi.training import finetune, run
 from bridgetower_gaudi.training.optimization import parameter_groups
-from tests.conftest import make_inputs, tiny_config, tiny_hf_config
+from tests.conftest import make_inputs, tiny_config, tiny_hf_config, without_last_cross_modal_dropout
 
 # The synthetic tasks hinge on colours, which RandAugment's colour operations (the recipes' blip_randaug_*)
 # scramble: the tests train with the plain fine-tuning transform (SNLI-VE 0.62 -> 0.62 with RandAugment, 0.89 without).
@@ -354,10 +354,11 @@ def test_nlvr2_gives_each_image_its_own_text_pass_in_training_as_officially():
     pass is not the same computation (the text tower's dropout would be drawn once for both images: the two
     images' text features would be equal, where officially they differ), so training runs two text passes, in the
     official order; in evaluation (no dropout) the second pass equals the first, so one is reused: the logits are
-    exactly the two-pass ones, with one text-tower call instead of two."""
+    the two-pass ones, with one text-tower call instead of two."""
     config = tiny_config(num_labels=2, num_image_token_types=2)
     config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.1
     model = btg.BridgeTowerForNLVR2(config)
+    without_last_cross_modal_dropout(model)  # ours runs the last layer at [CLS] only: other draws there
     inputs = make_inputs(model.config, batch=2)
     inputs["pixel_values_2"] = inputs["pixel_values"].flip(0)
     texts = []
@@ -375,13 +376,16 @@ def test_nlvr2_gives_each_image_its_own_text_pass_in_training_as_officially():
     logits = model(**inputs).logits
     assert len(texts) == 2 and not torch.equal(texts[0].last_hidden_state, texts[1].last_hidden_state)
     torch.manual_seed(0)
-    assert torch.equal(logits, official(model.bridgetower))  # the same random draws as the official order
+    # the same random draws as the official order (other draws move the logits by about 1e-2); equal to rounding, as
+    # ours runs the last cross-modal layer at [CLS] only
+    torch.testing.assert_close(logits, official(model.bridgetower), rtol=1e-5, atol=1e-6)
     model.eval()
     texts.clear()
     with torch.no_grad():
         logits = model(**inputs).logits
         assert len(texts) == 1
-        assert torch.equal(logits, official(model.bridgetower)) and len(texts) == 3
+        torch.testing.assert_close(logits, official(model.bridgetower), rtol=1e-5, atol=1e-6)
+        assert len(texts) == 3
 
 
 def test_the_large_vqa_model_runs_the_large_scripts_recipe(tmp_path):

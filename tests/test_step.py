@@ -17,7 +17,7 @@ from bridgetower_gaudi.device.host_syncs import HostSyncCounter
 from bridgetower_gaudi.modeling.layers import CrossModalSelfAttention
 from bridgetower_gaudi.modeling.modeling_bridgetower import mlm_decoder_capacity
 from bridgetower_gaudi.tasks.pretrain import CappedMasking, PretrainingMetrics
-from tests.conftest import make_inputs, tiny_config
+from tests.conftest import make_inputs, tiny_config, without_last_cross_modal_dropout
 
 DROPOUT = dict(
     cross_modal_hidden_dropout_prob=0.1,
@@ -63,13 +63,15 @@ def loss_and_gradients(model, step, seed: int = 7):
 
 @pytest.mark.parametrize("itm_negatives", ["dataset", "in_batch"])
 def test_one_vision_pass_gives_the_official_two_pass_loss_and_gradients(itm_negatives):
-    """fp32, dropout on, same batch, negatives and seed: the same loss, every gradient within 1e-5 of its norm."""
+    """fp32, dropout on (but in the last cross-modal layer: `without_last_cross_modal_dropout`), same batch,
+    negatives and seed: the same loss, every gradient within 1e-5 of its norm."""
     batch = pretraining_batch(itm_negatives)
     if itm_negatives == "dataset":  # only the data-set negatives are sent (and encoded) a second time
         assert len(batch["itm_pixel_values"]) == int((batch["itm_labels"] == 0).sum())
     else:
         assert "itm_pixel_values" not in batch
     model = btg.BridgeTowerForPreTraining(tiny_config(**DROPOUT)).train()
+    without_last_cross_modal_dropout(model)
     ours_loss, ours = loss_and_gradients(model, lambda: model(**batch).loss)
     official_loss, official = loss_and_gradients(model, lambda: official_two_passes(model, batch))
     other_seed_loss, _ = loss_and_gradients(model, lambda: model(**batch).loss, seed=8)
@@ -145,6 +147,63 @@ def test_masked_tokens_above_the_capacity_are_counted_by_the_model_and_unmasked_
     unmasked = (batch["labels"] != -100) & (sent["labels"] == -100)
     assert torch.equal(sent["input_ids"][unmasked], batch["labels"][unmasked])  # the original ids are back
     assert f"{masked - capacity} tokens unmasked" in caplog.text
+
+
+def _pooled_heads():
+    """(name, model, inputs) for every head that reads only the pooled output."""
+    config = tiny_config()
+    inputs = make_inputs(config, batch=4)
+    yield "itm", btg.BridgeTowerForImageAndTextRetrieval(config), inputs
+    yield "vqa", btg.BridgeTowerForVisualQuestionAnswering(tiny_config(num_labels=5)), inputs
+    yield "snli_ve", btg.BridgeTowerForVisualEntailment(tiny_config(num_labels=3)), inputs
+    nlvr2 = btg.BridgeTowerForNLVR2(tiny_config(num_image_token_types=2, num_labels=2))
+    yield "nlvr2", nlvr2, dict(inputs, pixel_values_2=inputs["pixel_values"].flip(0))
+    yield "contrastive", btg.BridgeTowerForContrastiveLearning(config), inputs
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "inputs"), list(_pooled_heads()), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_pooled_heads_run_the_last_cross_modal_layer_at_cls_only_with_the_full_layers_output(name, model, inputs):
+    """Asking for hidden states runs the last layer at every position (they are returned): the reference."""
+    model.eval()
+    query_rows = []
+    for layer in (model.bridgetower.cross_modal_text_layers[-1], model.bridgetower.cross_modal_image_layers[-1]):
+        layer.intermediate.register_forward_hook(lambda module, args, out: query_rows.append(args[0].shape[1]))
+    with torch.no_grad():
+        pooled = model(**inputs)
+        passes = len(query_rows)
+        full = model(**inputs, output_hidden_states=True)
+    # NLVR2 returns the first image's states: its second image's pass stays pooled-only
+    assert set(query_rows[:passes]) == {1} and max(query_rows[passes:]) > 1, query_rows
+    for key in ("logits", "cross_embeds"):
+        if key in full:
+            torch.testing.assert_close(pooled[key], full[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_itm_pass_runs_the_last_cross_modal_layer_at_cls_only():
+    model = btg.BridgeTowerForPreTraining(tiny_config()).eval()
+    batch = pretraining_batch("dataset")
+    query_rows = []
+    model.bridgetower.cross_modal_image_layers[-1].intermediate.register_forward_hook(
+        lambda module, args, out: query_rows.append(args[0].shape[1])
+    )
+    with torch.no_grad():
+        itm_logits = model(**batch).itm_logits
+        clean_ids = torch.where(batch["labels"] >= 0, batch["labels"], batch["input_ids"])
+        pool = torch.cat([batch["pixel_values"], batch["itm_pixel_values"]])[batch["itm_image_index"]]
+        full = model.itm_score(model.bridgetower(clean_ids, batch["attention_mask"], pixel_values=pool).pooler_output)
+    assert query_rows == [1, 1 + (32 // model.config.vision_config.patch_size) ** 2]  # ours, then the reference
+    torch.testing.assert_close(itm_logits, full, rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_refuses_two_exclusive_skips():
+    model = btg.BridgeTowerModel(tiny_config())
+    inputs = make_inputs(model.config)
+    text = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+    image = model.encode_image(inputs["pixel_values"])
+    with pytest.raises(ValueError, match="text_features_only and pooled_only exclude each other"):
+        model.fuse(text, image, text_features_only=True, pooled_only=True)
 
 
 # --- no host reads in model forwards: an HPU graph captures them once and a device never waits ------------------

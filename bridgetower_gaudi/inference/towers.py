@@ -46,10 +46,10 @@ class ImageTower(nn.Module):
         return tuple(image.hidden_states[-self.top_layers :])
 
 
-def _fuse(model, top_layers: int, text_mask, states):
+def _fuse(model, top_layers: int, text_mask, states, pooled_only: bool = False):
     """The cross-modal encoder over paired states: `top_layers` text states, then as many image states."""
     text = TowerOutput(tuple(states[:top_layers]), text_mask)
-    return model.bridgetower.fuse(text, TowerOutput(tuple(states[top_layers:]), None))
+    return model.bridgetower.fuse(text, TowerOutput(tuple(states[top_layers:]), None), pooled_only=pooled_only)
 
 
 class PairFusion(nn.Module):
@@ -79,7 +79,7 @@ class PairScorer(nn.Module):
     def forward(self, text_rows, image_rows, text_mask, *states):
         rows = [text_rows] * self.top_layers + [image_rows] * self.top_layers
         picked = [s.index_select(0, r) for s, r in zip(states, rows, strict=True)]
-        fused = _fuse(self.model, self.top_layers, text_mask.index_select(0, text_rows), picked)
+        fused = _fuse(self.model, self.top_layers, text_mask.index_select(0, text_rows), picked, pooled_only=True)
         return (self.model.itm_score(fused.pooler_output)[:, 1],)
 
 

@@ -140,9 +140,16 @@ class CrossModalLayer(GradientCheckpointingLayer):
         self.intermediate = Intermediate(config)
         self.output = ResidualOutput(config.cross_modal_intermediate_size, config)
 
-    def forward(self, hidden_states, other_modality, self_mask=None, other_mask=None, output_attentions=False):
+    def forward(
+        self, hidden_states, other_modality, self_mask=None, other_mask=None, output_attentions=False,
+        first_token_only=False,
+    ):  # fmt: skip
+        """`first_token_only`: the output at position 0 ([CLS]) alone, (batch, 1, hidden). Every position still
+        serves as a key and value; only the queries, the FFN and the outputs shrink to one position, which is all
+        a pooler reads (the last cross-modal layer of a pooled head)."""
         attentions = ()
-        hidden_states = self.attention(hidden_states, hidden_states, self_mask, output_attentions)
+        queries = hidden_states[:, :1] if first_token_only else hidden_states
+        hidden_states = self.attention(queries, hidden_states, self_mask, output_attentions)
         if output_attentions:
             hidden_states, probs = hidden_states
             attentions += (probs,)

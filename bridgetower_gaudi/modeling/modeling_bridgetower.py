@@ -464,10 +464,20 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         text_features_only: bool = False,
+        pooled_only: bool = False,
     ) -> BridgeTowerModelOutput:
-        """The cross-modal encoder over the two towers' outputs. `text_features_only` (the MLM pass) skips what
-        only the image features and the pooled output need: the image stream's last layer and both poolers
-        (`image_features` and `pooler_output` are then None)."""
+        """The cross-modal encoder over the two towers' outputs. Two ways to skip what the caller never reads:
+
+        - `text_features_only` (the MLM pass): no image stream in the last layer, no poolers (`image_features` and
+          `pooler_output` are then None);
+        - `pooled_only` (pooled heads: ITM, VQA, SNLI-VE, NLVR2, the cross-modal ITC embedding): the last layer
+          computes the [CLS] position of each stream alone, the only one the poolers read (`text_features` and
+          `image_features` are then (batch, 1, hidden)). The same `pooler_output`; at base size the image stream's
+          last layer shrinks from 325 query positions to one.
+        """
+        if text_features_only and pooled_only:
+            raise ValueError("fuse: text_features_only and pooled_only exclude each other; pass one.")
+        last = self.config.num_hidden_layers - 1
         text_mask, image_mask = attention_bias(text.mask), attention_bias(image.mask)
         x_text = self.cross_modal_text_layernorm(self.project_text(self.fed_state(text, 0), 0))
         x_image = self.cross_modal_image_layernorm(
@@ -483,14 +493,15 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
                 x_image = self._link(self.cross_modal_image_link_tower, bridge)(
                     self.project_image(self.fed_state(image, index), index, image_token_type_idx), x_image, image_mask
                 )
+            first_token_only = pooled_only and index == last
             new_text, text_attn = self.cross_modal_text_layers[index](
-                x_text, x_image, text_mask, image_mask, output_attentions
+                x_text, x_image, text_mask, image_mask, output_attentions, first_token_only
             )
-            if text_features_only and index == self.config.num_hidden_layers - 1:
+            if text_features_only and index == last:
                 x_text, x_image, image_attn = new_text, None, None
             else:
                 new_image, image_attn = self.cross_modal_image_layers[index](
-                    x_image, x_text, image_mask, text_mask, output_attentions
+                    x_image, x_text, image_mask, text_mask, output_attentions, first_token_only
                 )
                 x_text, x_image = new_text, new_image
             if output_hidden_states:
@@ -526,6 +537,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         return_dict: bool | None = None,
         labels: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
+        pooled_only: bool = False,
     ):
         r"""Both towers, then the cross-modal encoder (see the class doc for the layer mapping).
 
@@ -539,6 +551,9 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             output_attentions / output_hidden_states: also return the attention weights / hidden states.
             return_dict: a `BridgeTowerModelOutput` (default, `config.use_return_dict`) or a tuple.
             interpolate_pos_encoding: interpolate the vision position embeddings to another image size.
+            pooled_only: compute the last cross-modal layer at the [CLS] positions only, all `pooler_output` reads
+                (the same `pooler_output`, less work; `text_features` / `image_features` are then (batch, 1,
+                hidden)). Ignored when hidden states or attentions are asked for.
             head_mask, inputs_embeds, image_embeds, labels: transformers' arguments; the first three are refused
                 (unsupported), `labels` is accepted and ignored, as in transformers.
 
@@ -557,7 +572,10 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         )
         text = self.encode_text(input_ids, attention_mask, token_type_ids)
         image = self.encode_image(pixel_values, pixel_mask, interpolate_pos_encoding)
-        outputs = self.fuse(text, image, image_token_type_idx or 1, output_attentions, output_hidden_states)
+        pooled_only = pooled_only and not (output_attentions or output_hidden_states)
+        outputs = self.fuse(
+            text, image, image_token_type_idx or 1, output_attentions, output_hidden_states, pooled_only=pooled_only
+        )
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         return outputs if return_dict else outputs.to_tuple()
 
@@ -644,6 +662,8 @@ class _PairHead(BridgeTowerPreTrainedModel):
     """A head over one encoded image-text pair. Every such head (MLM, ITM, VQA, SNLI-VE) shares this forward, with
     transformers' BridgeTower signature; each says what it reads from the encoder's output (`head_output`)."""
 
+    reads_pooled_only = False  # True: the head reads `pooler_output` alone (see BridgeTowerModel.fuse)
+
     def head_output(self, outputs: BridgeTowerModelOutput, labels: torch.Tensor | None) -> ModelOutput:
         raise NotImplementedError
 
@@ -693,6 +713,7 @@ class _PairHead(BridgeTowerPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            pooled_only=self.reads_pooled_only,
         )
         result = self.head_output(outputs, labels)
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
@@ -728,6 +749,8 @@ class BridgeTowerForMaskedLM(_PairHead):
 
 class _PooledClassifier(_PairHead):
     """The pooled [text; image] output (2h) through the task's head (`head`), its loss (`loss`)."""
+
+    reads_pooled_only = True
 
     def head(self) -> nn.Module:
         raise NotImplementedError
@@ -833,7 +856,8 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        outputs = bridgetower.fuse(text, image, 1, output_attentions, output_hidden_states)
+        outputs = bridgetower.fuse(text, image, 1, output_attentions, output_hidden_states,
+                                   pooled_only=not (output_attentions or output_hidden_states))  # fmt: skip
         text_embeds = self.text_embeddings(text)
         image_embeds = self.image_embeddings(image)
         cross_embeds = F.normalize(self.itc_cross_modal_head(outputs.pooler_output), dim=-1)
@@ -1036,7 +1060,7 @@ class BridgeTowerForPreTraining(BridgeTowerPreTrainedModel):
                 itm_text = text
                 itm_image = self._itm_images(image, itm_image_index, itm_pixel_values, itm_pixel_mask)
             if itm_labels is not None:
-                itm_logits = self.itm_score(bridgetower.fuse(itm_text, itm_image).pooler_output)
+                itm_logits = self.itm_score(bridgetower.fuse(itm_text, itm_image, pooled_only=True).pooler_output)
                 itm_loss = F.cross_entropy(itm_logits.float(), itm_labels.to(itm_logits.device))
 
         mlm_loss = mlm_logits = mlm_positions = mlm_tokens_over_cap = None
@@ -1177,13 +1201,14 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
         bridgetower = self.bridgetower
         text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
         first = bridgetower.fuse(text, bridgetower.encode_image(pixel_values, pixel_mask), 1,
-                                 output_attentions, output_hidden_states)  # fmt: skip
+                                 output_attentions, output_hidden_states,
+                                 pooled_only=not (output_attentions or output_hidden_states))  # fmt: skip
         # Officially each image gets its own pass of the sentence (compute_nlvr2 runs `infer` twice): in training
         # the text tower draws new dropout masks for the second image. Without dropout (evaluation) that pass is
         # the first one again, so it is reused (tests/test_finetune.py checks both).
         if self.training:
             text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
-        second = bridgetower.fuse(text, bridgetower.encode_image(pixel_values_2, pixel_mask_2), 2)
+        second = bridgetower.fuse(text, bridgetower.encode_image(pixel_values_2, pixel_mask_2), 2, pooled_only=True)
         logits = self.nlvr2_classifier(torch.cat([first.pooler_output, second.pooler_output], dim=-1))
         loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
         return self._classifier_output(loss, logits, first, return_dict)

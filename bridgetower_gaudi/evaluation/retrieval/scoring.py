@@ -205,6 +205,7 @@ def naive_scores(
                     attention_mask=mask,
                     pixel_values=pixels.expand(ids.shape[0], -1, -1, -1),
                     return_dict=True,
+                    pooled_only=True,
                 )
                 row.append(model.itm_score(out.pooler_output)[:, 1].float().cpu())
             rows.append(torch.cat(row))

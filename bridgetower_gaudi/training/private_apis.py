@@ -1,5 +1,5 @@
-"""Every private (underscore or undocumented) API of transformers and optimum-habana this package relies on, with
-the parameters we call it with and what our code needs it to do. A new release may rename or change any of them
+"""Every private (underscore or undocumented) API of transformers, optimum-habana and torch this package relies on,
+with the parameters we call it with and what our code needs it to do. A new release may rename or change any of them
 without notice: tests/test_private_apis.py checks each still exists with these parameters (optimum-habana's from its
 source, read with `ast`: it cannot be imported without SynapseAI). Add an entry whenever new code overrides or calls
 one."""
@@ -189,5 +189,23 @@ OPTIMUM_HABANA: tuple[PrivateApi, ...] = (
         "gaudi_fused_sdpa_attention_forward",
         ("module", "query", "key", "value", "attention_mask", "dropout", "scaling"),
         "device/gaudi.py: the towers' fused SDPA",
+    ),
+)
+
+_WORKERS_DRAW = "training/streaming.py draw_as_new_workers_do: runs draw alike with and without persistent workers"
+TORCH: tuple[PrivateApi, ...] = (
+    PrivateApi(
+        "torch.utils.data.dataloader",
+        "DataLoader",
+        "_iterator",
+        None,
+        f"{_WORKERS_DRAW} (a persistent loader keeps its iterator: its workers exist)",
+    ),
+    PrivateApi(
+        "torch.utils.data.dataloader",
+        "_BaseDataLoaderIter",
+        "_base_seed",
+        None,
+        f"{_WORKERS_DRAW} (the draw it repeats: the workers' base seed from the loader's generator)",
     ),
 )

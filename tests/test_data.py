@@ -610,3 +610,5 @@ def test_a_skip_log_without_a_path_writes_a_file_only_at_the_first_skip(tmp_path
     assert first.path != second.path and os.listdir(tmp_path) == [] and first.entries() == []
     first.record(BadRecord("corrupt_image", "img0"))
     assert os.listdir(tmp_path) == [os.path.basename(first.path)] and first.entries()[0]["name"] == "img0"
+    first.discard(), second.discard()  # with a file and without one
+    assert os.listdir(tmp_path) == []

@@ -96,6 +96,11 @@ class SkipLog:
     def entries(self) -> list[dict]:
         return self._read(self.path)
 
+    def discard(self) -> None:
+        """Delete the log's file, if a skip wrote one (a log used only to check a source)."""
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
     @staticmethod
     def _read(path: str) -> list[dict]:
         if not os.path.exists(path):

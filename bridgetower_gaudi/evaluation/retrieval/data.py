@@ -95,7 +95,7 @@ def karpathy_records(data_file: str, image_root: str | None, split: str) -> list
         if skip_log.entries():
             raise DataConfigError(f"{data_file}: malformed entries in the file: {skip_log.report()}.")
     finally:
-        os.remove(skip_log.path)
+        skip_log.discard()
     if len(source) == 0:
         raise DataConfigError(f"{data_file} has no images in split {split!r}: check --split (test, val, ...).")
     return [source[index] for index in range(len(source))]

@@ -473,10 +473,12 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         - `pooled_only` (pooled heads: ITM, VQA, SNLI-VE, NLVR2, the cross-modal ITC embedding): the last layer
           computes the [CLS] position of each stream alone, the only one the poolers read (`text_features` and
           `image_features` are then (batch, 1, hidden)). The same `pooler_output`; at base size the image stream's
-          last layer shrinks from 325 query positions to one.
+          last layer shrinks from 325 query positions to one. Ignored when attentions or hidden states are asked for
+          (they are returned for every position).
         """
         if text_features_only and pooled_only:
             raise ValueError("fuse: text_features_only and pooled_only exclude each other; pass one.")
+        pooled_only = pooled_only and not (output_attentions or output_hidden_states)
         last = self.config.num_hidden_layers - 1
         text_mask, image_mask = attention_bias(text.mask), attention_bias(image.mask)
         x_text = self.cross_modal_text_layernorm(self.project_text(self.fed_state(text, 0), 0))
@@ -572,7 +574,6 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         )
         text = self.encode_text(input_ids, attention_mask, token_type_ids)
         image = self.encode_image(pixel_values, pixel_mask, interpolate_pos_encoding)
-        pooled_only = pooled_only and not (output_attentions or output_hidden_states)
         outputs = self.fuse(
             text, image, image_token_type_idx or 1, output_attentions, output_hidden_states, pooled_only=pooled_only
         )
@@ -856,8 +857,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        outputs = bridgetower.fuse(text, image, 1, output_attentions, output_hidden_states,
-                                   pooled_only=not (output_attentions or output_hidden_states))  # fmt: skip
+        outputs = bridgetower.fuse(text, image, 1, output_attentions, output_hidden_states, pooled_only=True)
         text_embeds = self.text_embeddings(text)
         image_embeds = self.image_embeddings(image)
         cross_embeds = F.normalize(self.itc_cross_modal_head(outputs.pooler_output), dim=-1)
@@ -1201,8 +1201,7 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
         bridgetower = self.bridgetower
         text = bridgetower.encode_text(input_ids, attention_mask, token_type_ids)
         first = bridgetower.fuse(text, bridgetower.encode_image(pixel_values, pixel_mask), 1,
-                                 output_attentions, output_hidden_states,
-                                 pooled_only=not (output_attentions or output_hidden_states))  # fmt: skip
+                                 output_attentions, output_hidden_states, pooled_only=True)  # fmt: skip
         # Officially each image gets its own pass of the sentence (compute_nlvr2 runs `infer` twice): in training
         # the text tower draws new dropout masks for the second image. Without dropout (evaluation) that pass is
         # the first one again, so it is reused (tests/test_finetune.py checks both).
